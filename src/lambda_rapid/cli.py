@@ -1,0 +1,38 @@
+"""Command-line entry points: parse the config, set up logging, run the daemon.
+
+A bad setting ends the program with one line naming it and exit status 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from lambda_rapid.config import ConfigError, DaemonConfig, daemon_config
+from lambda_rapid.daemon import Daemon
+from lambda_rapid.log import setup_logging
+
+
+def fail(message: str) -> None:
+    print(f"lambda-runtime-api-daemon: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def daemon_main(argv: Sequence[str] | None = None) -> None:
+    try:
+        config = daemon_config(sys.argv[1:] if argv is None else argv)
+    except ConfigError as error:
+        fail(str(error))
+        return
+    setup_logging(config.log_level, config.structured_logging)
+    try:
+        asyncio.run(_serve(config))
+    except ConfigError as error:
+        fail(str(error))
+    except KeyboardInterrupt:
+        pass
+
+
+async def _serve(config: DaemonConfig) -> None:
+    await Daemon(config).serve()

@@ -1,0 +1,420 @@
+"""Configuration: every setting declared once, read from the environment and flags.
+
+This module is the only reader of ``os.environ``. It owns the ``Setting`` table (from
+which ``--help``, validation and the README table come), the frozen ``DaemonConfig``
+and the environment handed to runtime processes (the daemon's own minus secrets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_BOOTSTRAPS = ("/var/task/bootstrap", "/opt/bootstrap", "/var/runtime/bootstrap")
+
+# Never handed to a runtime: credentials, and variables that switch runtime interface
+# clients into modes this daemon does not drive (multi-concurrency, telemetry frames).
+RUNTIME_ENV_BLOCKLIST = frozenset(
+    {
+        "AMQP_URI",
+        "AMQP_USERNAME",
+        "AMQP_PASSWORD",
+        "AWS_LAMBDA_MAX_CONCURRENCY",
+        "_LAMBDA_TELEMETRY_LOG_FD",
+        "_LAMBDA_TELEMETRY_LOG_FD_PROVIDER_SOCKET",
+    }
+)
+
+
+class ConfigError(Exception):
+    """A setting has an invalid value; the CLI prints it on one line and exits 2."""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a port number 0-65535")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _non_negative_seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be zero or a positive number of seconds")
+    return value
+
+
+def _memory_size(text: str) -> int:
+    value = int(text)
+    if not 128 <= value <= 10240:
+        raise ValueError("must be between 128 and 10240 (MB)")
+    return value
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off", ""):
+        return False
+    raise ValueError("must be TRUE or FALSE")
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level == "WARN":
+        level = "WARNING"
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+    return level
+
+
+def _account_id(text: str) -> str:
+    if len(text) != 12 or not text.isdigit():
+        raise ValueError("must be a 12-digit AWS account id")
+    return text
+
+
+def _region(text: str) -> str:
+    if not text or not all(c.isalnum() or c == "-" for c in text):
+        raise ValueError("must look like an AWS region, e.g. us-east-1")
+    return text
+
+
+def _function_name(text: str) -> str:
+    if not 1 <= len(text) <= 64 or not all(c.isalnum() or c in "-_" for c in text):
+        raise ValueError("must be 1-64 characters of letters, digits, '-' and '_'")
+    return text
+
+
+def _text(text: str) -> str:
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One setting: its field name, env var, flag, parser, default and help text."""
+
+    field: str
+    env: str
+    flag: str
+    parse: Callable[[str], Any]
+    default: str | None
+    help: str
+    is_switch: bool = False
+
+
+DAEMON_SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "invoke_api_host",
+        "INVOKE_API_HOST",
+        "--invoke-api-host",
+        _text,
+        "0.0.0.0",
+        "address the Invoke API listens on",
+    ),
+    Setting("port", "PORT", "--port", _port, "8080", "port of the Invoke API"),
+    Setting(
+        "runtime_api_host",
+        "RUNTIME_API_HOST",
+        "--runtime-api-host",
+        _text,
+        "127.0.0.1",
+        "address the Runtime API listens on (runtimes connect here)",
+    ),
+    Setting(
+        "runtime_api_port",
+        "RUNTIME_API_PORT",
+        "--runtime-api-port",
+        _port,
+        "9001",
+        "Runtime API port of the first instance; further instances get free ports "
+        "(0: every instance gets a free port)",
+    ),
+    Setting(
+        "function_name",
+        "AWS_LAMBDA_FUNCTION_NAME",
+        "--function-name",
+        _function_name,
+        None,
+        "function name (default: the handler's module, or the command's name)",
+    ),
+    Setting(
+        "function_version",
+        "AWS_LAMBDA_FUNCTION_VERSION",
+        "--function-version",
+        _text,
+        "$LATEST",
+        "function version reported to runtimes and callers",
+    ),
+    Setting(
+        "timeout",
+        "AWS_LAMBDA_FUNCTION_TIMEOUT",
+        "--timeout",
+        _positive_seconds,
+        "3",
+        "seconds an invocation may run before it times out",
+    ),
+    Setting(
+        "idle_timeout",
+        "AWS_LAMBDA_FUNCTION_IDLETIMEOUT",
+        "--idle-timeout",
+        _positive_seconds,
+        "1800",
+        "seconds an idle instance lives before it is stopped",
+    ),
+    Setting(
+        "memory_size",
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+        "--memory-size",
+        _memory_size,
+        "3008",
+        "memory size in MB reported to runtimes and in REPORT lines",
+    ),
+    Setting(
+        "max_concurrency",
+        "MAX_CONCURRENCY",
+        "--max-concurrency",
+        _positive_int,
+        "1",
+        "most runtime instances running at once",
+    ),
+    Setting(
+        "print_reports",
+        "PRINT_REPORTS",
+        "--print-reports",
+        _boolean,
+        "FALSE",
+        "print START, END and REPORT lines for each invocation",
+        is_switch=True,
+    ),
+    Setting(
+        "log_level",
+        "LOG_LEVEL",
+        "--log-level",
+        _log_level,
+        "INFO",
+        "level of the daemon's own log lines",
+    ),
+    Setting(
+        "structured_logging",
+        "USE_STRUCTURED_LOGGING",
+        "--structured-logging",
+        _boolean,
+        None,
+        "log JSON lines instead of human-readable ones",
+        is_switch=True,
+    ),
+    Setting(
+        "region",
+        "AWS_REGION",
+        "--region",
+        _region,
+        "us-east-1",
+        "region used in ARNs and given to runtimes",
+    ),
+    Setting(
+        "account_id",
+        "AWS_ACCOUNT_ID",
+        "--account-id",
+        _account_id,
+        "123456789012",
+        "account id used in ARNs",
+    ),
+    Setting(
+        "shutdown_grace",
+        "SHUTDOWN_GRACE_PERIOD",
+        "--shutdown-grace",
+        _non_negative_seconds,
+        "5",
+        "seconds in-flight invocations may finish after SIGTERM/SIGINT",
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    """Everything the daemon needs, validated before anything starts."""
+
+    command: tuple[str, ...]
+    handler: str | None
+    invoke_api_host: str
+    port: int
+    runtime_api_host: str
+    runtime_api_port: int
+    function_name: str
+    function_version: str
+    timeout: float
+    idle_timeout: float
+    memory_size: int
+    max_concurrency: int
+    print_reports: bool
+    log_level: str
+    structured_logging: bool
+    region: str
+    account_id: str
+    shutdown_grace: float
+    runtime_environ: Mapping[str, str]
+
+    @property
+    def function_arn(self) -> str:
+        return f"arn:aws:lambda:{self.region}:{self.account_id}:function:{self.function_name}"
+
+
+def build_parser(
+    prog: str, settings: Sequence[Setting], description: str
+) -> argparse.ArgumentParser:
+    """An argument parser whose flags and help come from the settings table."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    for setting in settings:
+        default = "unset" if setting.default is None else setting.default
+        help_text = f"{setting.help} [env {setting.env}, default {default}]"
+        if setting.is_switch:
+            parser.add_argument(
+                setting.flag,
+                dest=setting.field,
+                nargs="?",
+                const="TRUE",
+                metavar="TRUE|FALSE",
+                help=help_text,
+            )
+        else:
+            parser.add_argument(
+                setting.flag, dest=setting.field, metavar=setting.env, help=help_text
+            )
+    return parser
+
+
+def resolve_settings(
+    settings: Sequence[Setting], flags: argparse.Namespace, environ: Mapping[str, str]
+) -> dict[str, Any]:
+    """Parse each setting from its flag, else its env var, else its default."""
+    values: dict[str, Any] = {}
+    for setting in settings:
+        flag_value = getattr(flags, setting.field, None)
+        if flag_value is not None:
+            raw, source = flag_value, setting.flag
+        elif setting.env in environ:
+            raw, source = environ[setting.env], setting.env
+        else:
+            raw, source = setting.default, setting.env
+        if raw is None:
+            values[setting.field] = None
+            continue
+        try:
+            values[setting.field] = setting.parse(raw)
+        except ValueError as exc:
+            reason = str(exc) if not str(exc).startswith("invalid literal") else "not a number"
+            if "could not convert" in reason:
+                reason = "not a number"
+            raise ConfigError(f"invalid {source}={raw!r}: {reason}") from None
+    return values
+
+
+DAEMON_DESCRIPTION = """\
+Run an AWS Lambda function: serve the Lambda Runtime API to runtime processes started
+from COMMAND (up to MAX_CONCURRENCY at once) and the Lambda Invoke API to clients.
+
+With no COMMAND the first existing of /var/task/bootstrap, /opt/bootstrap and
+/var/runtime/bootstrap runs. With two or more arguments the last is the handler
+(e.g. `python -m awslambdaric echo.handler`); otherwise the handler is _HANDLER.
+Every setting is an environment variable or a flag; flags win."""
+
+
+def daemon_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> DaemonConfig:
+    """Build the daemon's config from command-line arguments and the environment."""
+    env = os.environ if environ is None else environ
+    parser = build_parser("lambda-runtime-api-daemon", DAEMON_SETTINGS, DAEMON_DESCRIPTION)
+    parser.add_argument(
+        "command",
+        nargs=argparse.REMAINDER,
+        metavar="COMMAND ...",
+        help="the runtime command, e.g. python -m awslambdaric echo.handler",
+    )
+    flags = parser.parse_args(list(argv))
+    values = resolve_settings(DAEMON_SETTINGS, flags, env)
+    command = _runtime_command(list(flags.command))
+    handler = command[-1] if len(command) >= 2 else (env.get("_HANDLER") or None)
+    if values["function_name"] is None:
+        values["function_name"] = default_function_name(handler, command[0])
+    values["structured_logging"] = bool(values["structured_logging"])
+    return DaemonConfig(
+        command=tuple(command),
+        handler=handler,
+        runtime_environ=runtime_base_environ(env),
+        **values,
+    )
+
+
+def _runtime_command(args: list[str]) -> list[str]:
+    if args and args[0] == "--":
+        args = args[1:]
+    if not args:
+        for candidate in DEFAULT_BOOTSTRAPS:
+            if os.access(candidate, os.X_OK):
+                return [candidate]
+        raise ConfigError(
+            "runtime command: none given and no bootstrap found in " + ", ".join(DEFAULT_BOOTSTRAPS)
+        )
+    program = args[0]
+    if shutil.which(program) is None:
+        raise ConfigError(f"runtime command: {program!r} not found or not executable")
+    return args
+
+
+def default_function_name(handler: str | None, program: str) -> str:
+    """`echo.handler` → `echo`; with no handler, the program's file name."""
+    source = handler.rpartition(".")[0] if handler and "." in handler else None
+    base = Path(source or program).name
+    cleaned = "".join(c if c.isalnum() or c in "-_" else "-" for c in base)[:64]
+    return cleaned or "function"
+
+
+def runtime_base_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    """The daemon's environment without secrets and settings runtimes must not see."""
+    return {k: v for k, v in environ.items() if k not in RUNTIME_ENV_BLOCKLIST}
+
+
+def instance_environ(config: DaemonConfig, runtime_api: str, log_stream: str) -> dict[str, str]:
+    """The environment of one runtime instance, as the Lambda service would set it."""
+    env = dict(config.runtime_environ)
+    env.setdefault("LAMBDA_TASK_ROOT", os.getcwd())
+    env.setdefault("LAMBDA_RUNTIME_DIR", "/var/runtime")
+    env.setdefault("TZ", ":UTC")
+    env.setdefault("AWS_DEFAULT_REGION", config.region)
+    env.update(
+        AWS_LAMBDA_RUNTIME_API=runtime_api,
+        AWS_LAMBDA_FUNCTION_NAME=config.function_name,
+        AWS_LAMBDA_FUNCTION_VERSION=config.function_version,
+        AWS_LAMBDA_FUNCTION_MEMORY_SIZE=str(config.memory_size),
+        AWS_LAMBDA_LOG_GROUP_NAME=f"/aws/lambda/{config.function_name}",
+        AWS_LAMBDA_LOG_STREAM_NAME=log_stream,
+        AWS_LAMBDA_INITIALIZATION_TYPE="on-demand",
+        AWS_REGION=config.region,
+    )
+    if config.handler is not None:
+        env["_HANDLER"] = config.handler
+    return env

@@ -1,0 +1,76 @@
+"""Interop types passed between the front doors (HTTP, AMQP) and the dispatcher.
+
+An ``Invocation`` is everything a runtime needs to run one event plus the future its
+caller awaits; an ``InvocationResult`` is what comes back. Neither knows about HTTP,
+AMQP or processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class InvocationResult:
+    """The outcome of one invocation, as the caller sees it."""
+
+    body: bytes
+    # Set when the function failed (its own error, a timeout, a crash): the caller gets
+    # `X-Amz-Function-Error: Unhandled` with this body.
+    error_type: str | None = None
+    log_tail: bytes | None = None
+
+    @property
+    def is_function_error(self) -> bool:
+        return self.error_type is not None
+
+
+@dataclass(slots=True, eq=False)
+class Invocation:
+    """One invocation on its way to a runtime instance."""
+
+    request_id: str
+    payload: bytes
+    timeout: float
+    invoked_arn: str
+    trace_id: str | None = None
+    client_context: str | None = None
+    cognito_identity: str | None = None
+    tenant_id: str | None = None
+    want_log_tail: bool = False
+    content_type: str = "application/json"
+    # Wall-clock start in seconds (set by the front door; AMQP may pass the message time).
+    started_at: float = field(default_factory=time.time)
+    future: asyncio.Future[InvocationResult] = field(init=False)
+    log: bytearray | None = field(default=None, init=False)
+    # Filled in by the dispatcher when an instance takes the invocation (for REPORT).
+    invoked_at: float = field(default=0.0, init=False)
+    init_duration_ms: float | None = field(default=None, init=False)
+    pid: int | None = field(default=None, init=False)
+    peak_memory_mb: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self.future = asyncio.get_running_loop().create_future()
+        if self.want_log_tail:
+            self.log = bytearray()
+
+    @property
+    def deadline_epoch(self) -> float:
+        return self.started_at + self.timeout
+
+    @property
+    def deadline_ms(self) -> str:
+        return str(int(self.deadline_epoch * 1000))
+
+    def finish(self, result: InvocationResult) -> bool:
+        """Resolve the caller's future once; later outcomes are ignored."""
+        if self.future.done():
+            return False
+        self.future.set_result(result)
+        return True
+
+    @property
+    def done(self) -> bool:
+        return self.future.done()

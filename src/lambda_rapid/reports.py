@@ -1,0 +1,78 @@
+"""Platform log lines: START, END and REPORT for each invocation.
+
+They are printed on stdout when PRINT_REPORTS is on and added to the invocation's log
+when the caller asked for its tail. Max Memory Used is the runtime process's real peak
+resident set (VmHWM), not a constant.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from lambda_rapid.invocation import Invocation
+from lambda_rapid.output import STDOUT, write_fd
+
+
+def peak_memory_mb(pid: int | None) -> int:
+    """Peak resident memory of a process in MB (0 when unknown)."""
+    if pid is None:
+        return 0
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return math.ceil(int(line.split()[1]) / 1024)
+    except OSError:
+        pass
+    return 0
+
+
+class Reporter:
+    """Writes the platform lines for invocations that need them."""
+
+    __slots__ = ("enabled", "version", "memory_size")
+
+    def __init__(self, enabled: bool, version: str, memory_size: int) -> None:
+        self.enabled = enabled
+        self.version = version
+        self.memory_size = memory_size
+
+    def wanted(self, invocation: Invocation) -> bool:
+        return self.enabled or invocation.log is not None
+
+    def start(self, invocation: Invocation) -> None:
+        if self.wanted(invocation):
+            # Read now too: a process that crashes can no longer be measured at the end.
+            invocation.peak_memory_mb = peak_memory_mb(invocation.pid)
+            line = f"START RequestId: {invocation.request_id} Version: {self.version}\n"
+            self._emit(invocation, line.encode())
+
+    def end(self, invocation: Invocation, status: str | None = None) -> None:
+        """END and REPORT; `status` is e.g. "timeout" or "error" for failed invocations."""
+        if not self.wanted(invocation):
+            return
+        duration = (time.monotonic() - invocation.invoked_at) * 1000
+        billed = duration
+        peak = peak_memory_mb(invocation.pid)
+        fields = [
+            f"REPORT RequestId: {invocation.request_id}",
+            f"Duration: {duration:.2f} ms",
+            "",
+            f"Memory Size: {self.memory_size} MB",
+            f"Max Memory Used: {max(peak, invocation.peak_memory_mb)} MB",
+        ]
+        if invocation.init_duration_ms is not None:
+            fields.append(f"Init Duration: {invocation.init_duration_ms:.2f} ms")
+            billed += invocation.init_duration_ms
+        fields[2] = f"Billed Duration: {max(1, math.ceil(billed))} ms"
+        if status is not None:
+            fields.append(f"Status: {status}")
+        text = f"END RequestId: {invocation.request_id}\n" + "\t".join(fields) + "\t\n"
+        self._emit(invocation, text.encode())
+
+    def _emit(self, invocation: Invocation, line: bytes) -> None:
+        if self.enabled:
+            write_fd(STDOUT, line)
+        if invocation.log is not None:
+            invocation.log += line
