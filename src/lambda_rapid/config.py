@@ -418,3 +418,12 @@ def instance_environ(config: DaemonConfig, runtime_api: str, log_stream: str) ->
     if config.handler is not None:
         env["_HANDLER"] = config.handler
     return env
+
+
+def settings_markdown(settings: Sequence[Setting]) -> str:
+    """The README's settings table (a test keeps the README in step with this)."""
+    rows = ["| Variable | Flag | Default | Meaning |", "|---|---|---|---|"]
+    for s in settings:
+        default = "unset" if s.default is None else f"`{s.default}`"
+        rows.append(f"| `{s.env}` | `{s.flag}` | {default} | {s.help} |")
+    return "\n".join(rows)

