@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 
 from lambda_rapid.config import DaemonConfig
 from lambda_rapid.dispatcher import Dispatcher
-from lambda_rapid.invoke_api import InvokeApi
+from lambda_rapid.invoke_api import InvokeApi, LocalBackend
 from lambda_rapid.pool import Pool
 from lambda_rapid.reports import Reporter
 from lambda_rapid.runtime_api import RuntimeApi
@@ -34,7 +35,10 @@ class Daemon:
         self.dispatcher = Dispatcher(config, reporter)
         self.runtime_api = RuntimeApi(config, self.dispatcher)
         self.pool = Pool(config, self.runtime_api.addresses, self.dispatcher.on_instance_exit)
-        self.invoke_api = InvokeApi(config, self.dispatcher)
+        self.backend = LocalBackend(config, self.dispatcher)
+        self.invoke_api = InvokeApi(
+            config.invoke_api_host, config.port, config.timeout, self.backend
+        )
 
     async def serve(self) -> None:
         await self.startup()
@@ -63,8 +67,10 @@ class Daemon:
     async def shutdown(self) -> None:
         logger.info("stopping: letting in-flight invocations finish")
         self.invoke_api.stop_accepting()
-        await self.dispatcher.drain(self.config.shutdown_grace)
+        deadline = time.monotonic() + self.config.shutdown_grace
+        await self.backend.close(self.config.shutdown_grace)
+        await self.dispatcher.drain(max(0.0, deadline - time.monotonic()))
         await self.dispatcher.close(RUNTIME_STOP_GRACE)
-        await self.invoke_api.close(0.1)
+        await self.invoke_api.close()
         await self.runtime_api.close()
         logger.info("stopped")

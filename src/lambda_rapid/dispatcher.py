@@ -26,6 +26,11 @@ logger = logging.getLogger(__name__)
 TAIL_SETTLE_SECONDS = 0.005
 
 
+def shutdown_result() -> InvocationResult:
+    body = function_error_body("Runtime.ExitError", "The daemon is shutting down")
+    return InvocationResult(body, "Runtime.ExitError")
+
+
 class InstanceStopped(Exception):
     """Raised in a pending /next when its instance is being stopped."""
 
@@ -43,6 +48,7 @@ class Dispatcher:
         self._pool: Pool | None = None
         self._reclaimer: asyncio.Task[None] | None = None
         self._stopping: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     def attach(self, pool: Pool) -> None:
         self._pool = pool
@@ -61,6 +67,8 @@ class Dispatcher:
 
     async def submit(self, invocation: Invocation) -> InvocationResult:
         """Run an invocation and wait for its result (never raises for function failures)."""
+        if self._closed:
+            return shutdown_result()
         loop = asyncio.get_running_loop()
         delay = invocation.deadline_epoch - time.time()
         self._timers[invocation] = loop.call_later(max(delay, 0), self._on_deadline, invocation)
@@ -233,16 +241,13 @@ class Dispatcher:
 
     async def close(self, grace: float) -> None:
         """Stop reclaiming, fail whatever is left, and stop every instance."""
+        self._closed = True
         if self._reclaimer is not None:
             self._reclaimer.cancel()
         for invocation in list(self._timers):
             self._timers.pop(invocation).cancel()
-        shutdown = InvocationResult(
-            function_error_body("Runtime.ExitError", "The daemon is shutting down"),
-            "Runtime.ExitError",
-        )
         for invocation in list(self._queue):
-            invocation.finish(shutdown)
+            invocation.finish(shutdown_result())
         self._queue.clear()
         await self.pool.stop_all(grace)
         if self._stopping:

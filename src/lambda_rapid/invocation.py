@@ -8,8 +8,19 @@ AMQP or processes.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import json
+import secrets
 import time
 from dataclasses import dataclass, field
+
+from lambda_rapid.errors import (
+    MAX_CLIENT_CONTEXT,
+    InvalidParameterValue,
+    InvalidRequestContent,
+    RequestTooLarge,
+)
 
 
 @dataclass(slots=True)
@@ -21,6 +32,7 @@ class InvocationResult:
     # `X-Amz-Function-Error: Unhandled` with this body.
     error_type: str | None = None
     log_tail: bytes | None = None
+    executed_version: str = "$LATEST"
 
     @property
     def is_function_error(self) -> bool:
@@ -74,3 +86,45 @@ class Invocation:
     @property
     def done(self) -> bool:
         return self.future.done()
+
+
+def check_payload(payload: bytes, limit: int) -> None:
+    """Lambda's checks on an invocation payload: size, then JSON unless empty."""
+    if len(payload) > limit:
+        raise RequestTooLarge(
+            f"Request must be smaller than {limit} bytes for the Invoke operation"
+        )
+    if payload:
+        try:
+            json.loads(payload)
+        except ValueError as exc:
+            raise InvalidRequestContent(
+                f"Could not parse request body into json: Could not parse payload into json: {exc}"
+            ) from None
+
+
+def decode_client_context(header: str | None) -> str | None:
+    """X-Amz-Client-Context: base64 of a JSON object → the JSON text for the runtime."""
+    if not header:
+        return None
+    try:
+        text = base64.b64decode(header, validate=True).decode()
+        if len(text) > MAX_CLIENT_CONTEXT:
+            raise InvalidParameterValue(
+                f"Client context must be at most {MAX_CLIENT_CONTEXT} bytes once decoded."
+            )
+        if not isinstance(json.loads(text), dict):
+            raise ValueError("not an object")
+    except (binascii.Error, ValueError):
+        raise InvalidParameterValue(
+            "Client context must be a valid Base64-encoded JSON object."
+        ) from None
+    return text
+
+
+def new_trace_id() -> str:
+    """An X-Ray trace header, as Lambda generates when the caller sent none."""
+    return (
+        f"Root=1-{int(time.time()):08x}-{secrets.token_hex(12)};"
+        f"Parent={secrets.token_hex(8)};Sampled=0"
+    )

@@ -1,33 +1,30 @@
 """The Lambda Invoke API (2015-03-31) over HTTP, with the service's answers.
 
-It turns ``POST /2015-03-31/functions/{FunctionName}/invocations`` into an
-``Invocation`` (checking the name, qualifier, headers and payload the way Lambda does),
-hands it to the dispatcher and renders the result. It knows nothing of processes.
-Event invocations are accepted at once and run in the background from memory.
+``InvokeApi`` turns ``POST /2015-03-31/functions/{FunctionName}/invocations`` into an
+``Invocation`` (checking the invocation type, log type, payload and client context the
+way Lambda does) and renders what comes back. Where the invocation goes is a
+``Backend``: ``LocalBackend`` (this module) runs it on the daemon's own dispatcher;
+the Lambda Server's backend sends it over AMQP. Neither knows about processes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
-import json
 import logging
-import secrets
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiohttp import web
 
 from lambda_rapid.config import ConfigError, DaemonConfig
 from lambda_rapid.dispatcher import Dispatcher
 from lambda_rapid.errors import (
-    MAX_CLIENT_CONTEXT,
     MAX_EVENT_PAYLOAD,
     MAX_REQUEST_PAYLOAD,
     InvalidParameterValue,
-    InvalidRequestContent,
     InvokeError,
     MethodNotAllowed,
     RequestTooLarge,
@@ -35,7 +32,22 @@ from lambda_rapid.errors import (
     ServiceUnavailable,
     UnknownOperation,
 )
-from lambda_rapid.invocation import Invocation, InvocationResult
+from lambda_rapid.invocation import (
+    Invocation,
+    InvocationResult,
+    check_payload,
+    decode_client_context,
+    new_trace_id,
+)
+
+__all__ = [
+    "Backend",
+    "FunctionResolver",
+    "InvokeApi",
+    "LocalBackend",
+    "Target",
+    "decode_client_context",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +73,39 @@ def render_error(error: InvokeError, request_id: str | None = None) -> web.Respo
 class Target:
     """What a FunctionName (+ Qualifier) resolved to."""
 
+    function_name: str
     qualifier: str | None
     invoked_arn: str
 
 
+def split_function_name(function_name: str) -> tuple[str, str | None, str | None, str | None]:
+    """FunctionName in any documented form → (name, qualifier, region, account)."""
+    parts = function_name.split(":")
+    if parts[0] == "arn":
+        if len(parts) not in (7, 8) or parts[2] != "lambda" or parts[5] != "function":
+            raise ResourceNotFound(f"Function not found: {function_name}")
+        return parts[6], (parts[7] if len(parts) == 8 else None), parts[3], parts[4]
+    if len(parts) in (3, 4) and parts[1] == "function":
+        return parts[2], (parts[3] if len(parts) == 4 else None), None, parts[0]
+    if len(parts) == 2 and len(parts[0]) == 12 and parts[0].isdigit():
+        return parts[1], None, None, parts[0]
+    if len(parts) == 2:
+        return parts[0], parts[1], None, None
+    if len(parts) == 1 and parts[0]:
+        return parts[0], None, None, None
+    raise ResourceNotFound(f"Function not found: {function_name}")
+
+
+def merge_qualifier(from_name: str | None, from_query: str | None) -> str | None:
+    if from_name and from_query and from_name != from_query:
+        raise InvalidParameterValue(
+            "The derived qualifier from the function name does not match the specified qualifier."
+        )
+    return from_name or from_query
+
+
 class FunctionResolver:
-    """Resolves FunctionName forms (name, name:qualifier, partial or full ARN)."""
+    """Resolves FunctionName forms against the one function a daemon runs."""
 
     def __init__(self, config: DaemonConfig) -> None:
         self._config = config
@@ -74,14 +113,10 @@ class FunctionResolver:
         self._qualifiers = {None, "$LATEST", config.function_version}
 
     def resolve(self, function_name: str, qualifier_param: str | None) -> Target:
-        name, qualifier, region, account = self._split(function_name)
-        if qualifier and qualifier_param and qualifier != qualifier_param:
-            raise InvalidParameterValue(
-                "The derived qualifier from the function name does not match the specified "
-                "qualifier."
-            )
-        qualifier = qualifier or qualifier_param
+        name, qualifier, region, account = split_function_name(function_name)
+        qualifier = merge_qualifier(qualifier, qualifier_param)
         config = self._config
+        suffix = f":{qualifier}" if qualifier else ""
         if (
             name not in self._names
             or qualifier not in self._qualifiers
@@ -90,41 +125,76 @@ class FunctionResolver:
         ):
             arn = (
                 f"arn:aws:lambda:{region or config.region}:{account or config.account_id}"
-                f":function:{name}" + (f":{qualifier}" if qualifier else "")
+                f":function:{name}{suffix}"
             )
             raise ResourceNotFound(f"Function not found: {arn}")
-        arn = config.function_arn + (f":{qualifier}" if qualifier else "")
-        return Target(qualifier, arn)
+        return Target(config.function_name, qualifier, config.function_arn + suffix)
 
-    @staticmethod
-    def _split(function_name: str) -> tuple[str, str | None, str | None, str | None]:
-        """→ (name, qualifier, region, account) for every documented form."""
-        parts = function_name.split(":")
-        if parts[0] == "arn":
-            if len(parts) not in (7, 8) or parts[2] != "lambda" or parts[5] != "function":
-                raise ResourceNotFound(f"Function not found: {function_name}")
-            return parts[6], (parts[7] if len(parts) == 8 else None), parts[3], parts[4]
-        if len(parts) in (3, 4) and parts[1] == "function":
-            return parts[2], (parts[3] if len(parts) == 4 else None), None, parts[0]
-        if len(parts) == 2 and len(parts[0]) == 12 and parts[0].isdigit():
-            return parts[1], None, None, parts[0]
-        if len(parts) == 2:
-            return parts[0], parts[1], None, None
-        if len(parts) == 1:
-            return parts[0], None, None, None
-        raise ResourceNotFound(f"Function not found: {function_name}")
+
+class Backend(Protocol):
+    """Where the Invoke API sends invocations."""
+
+    def resolve(self, function_name: str, qualifier: str | None) -> Target: ...
+
+    async def invoke(self, target: Target, invocation: Invocation) -> InvocationResult: ...
+
+    async def enqueue(self, target: Target, invocation: Invocation) -> None: ...
+
+    async def dry_run(self, target: Target) -> None: ...
+
+
+class LocalBackend:
+    """Runs invocations on this daemon's dispatcher; events wait in memory."""
+
+    def __init__(self, config: DaemonConfig, dispatcher: Dispatcher) -> None:
+        self._resolver = FunctionResolver(config)
+        self._dispatcher = dispatcher
+        self._version = config.function_version
+        self._events: set[asyncio.Task[None]] = set()
+        self._event_slots = asyncio.Semaphore(config.max_concurrency)
+
+    def resolve(self, function_name: str, qualifier: str | None) -> Target:
+        return self._resolver.resolve(function_name, qualifier)
+
+    async def invoke(self, target: Target, invocation: Invocation) -> InvocationResult:
+        result = await self._dispatcher.submit(invocation)
+        result.executed_version = self._version
+        return result
+
+    async def enqueue(self, target: Target, invocation: Invocation) -> None:
+        task = asyncio.get_running_loop().create_task(self._run_event(invocation))
+        self._events.add(task)
+        task.add_done_callback(self._events.discard)
+
+    async def dry_run(self, target: Target) -> None:
+        return None
+
+    async def _run_event(self, invocation: Invocation) -> None:
+        # Events wait here, not in the dispatcher, so their deadline starts when they run.
+        async with self._event_slots:
+            invocation.started_at = time.time()
+            result = await self._dispatcher.submit(invocation)
+        if result.error_type is not None:
+            logger.warning("event %s failed: %s", invocation.request_id, result.error_type)
+
+    async def close(self, grace: float) -> None:
+        """Give background events up to `grace` seconds, then drop the rest."""
+        if self._events:
+            await asyncio.wait(self._events, timeout=grace)
+        for task in list(self._events):
+            logger.warning("event invocation dropped at shutdown")
+            task.cancel()
 
 
 class InvokeApi:
-    """HTTP front door of one function."""
+    """The HTTP front door: parses requests, asks the backend, renders answers."""
 
-    def __init__(self, config: DaemonConfig, dispatcher: Dispatcher) -> None:
-        self._config = config
-        self._dispatcher = dispatcher
-        self._resolver = FunctionResolver(config)
+    def __init__(self, host: str, port: int, timeout: float, backend: Backend) -> None:
+        self._host = host
+        self._port = port
+        self._timeout = timeout
+        self._backend = backend
         self._accepting = True
-        self._events: set[asyncio.Task[None]] = set()
-        self._event_slots = asyncio.Semaphore(config.max_concurrency)
         self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
@@ -139,20 +209,18 @@ class InvokeApi:
             self.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0
         )
         await self._runner.setup()
-        host, port = self._config.invoke_api_host, self._config.port
         try:
-            await web.TCPSite(self._runner, host, port).start()
+            await web.TCPSite(self._runner, self._host, self._port).start()
         except OSError as error:
             raise ConfigError(
-                f"cannot listen on INVOKE_API_HOST:PORT {host}:{port}: {error.strerror or error}"
+                f"cannot listen on INVOKE_API_HOST:PORT {self._host}:{self._port}: "
+                f"{error.strerror or error}"
             ) from None
 
     def stop_accepting(self) -> None:
         self._accepting = False
 
-    async def close(self, grace: float) -> None:
-        if self._events:
-            await asyncio.wait(self._events, timeout=grace)
+    async def close(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -162,9 +230,8 @@ class InvokeApi:
     async def invoke(self, request: web.Request) -> web.StreamResponse:
         request_id = str(uuid.uuid4())
         if request.method != "POST":
-            return render_error(
-                MethodNotAllowed(f"Method {request.method} is not allowed for Invoke"), request_id
-            )
+            error = MethodNotAllowed(f"Method {request.method} is not allowed for Invoke")
+            return render_error(error, request_id)
         try:
             if not self._accepting:
                 raise ServiceUnavailable("The function is shutting down")
@@ -183,18 +250,19 @@ class InvokeApi:
         log_type = headers.get("X-Amz-Log-Type", "None")
         if log_type not in ("None", "Tail"):
             raise InvalidParameterValue(f"Invalid LogType: {log_type!r}; expected None or Tail")
-        target = self._resolver.resolve(
+        target = self._backend.resolve(
             request.match_info["function_name"], request.query.get("Qualifier")
         )
         limit = MAX_EVENT_PAYLOAD if invocation_type == "Event" else MAX_REQUEST_PAYLOAD
         payload = await read_payload(request, limit)
         client_context = decode_client_context(headers.get("X-Amz-Client-Context"))
         if invocation_type == "DryRun":
+            await self._backend.dry_run(target)
             return web.Response(status=204, headers={"x-amzn-RequestId": request_id})
         invocation = Invocation(
             request_id=request_id,
             payload=payload,
-            timeout=self._config.timeout,
+            timeout=self._timeout,
             invoked_arn=target.invoked_arn,
             trace_id=headers.get("X-Amzn-Trace-Id") or new_trace_id(),
             client_context=client_context,
@@ -203,39 +271,27 @@ class InvokeApi:
             want_log_tail=log_type == "Tail" and invocation_type == "RequestResponse",
         )
         if invocation_type == "Event":
-            self._run_event(invocation)
+            await self._backend.enqueue(target, invocation)
             return web.Response(status=202, headers={"x-amzn-RequestId": request_id})
-        result = await self._dispatcher.submit(invocation)
-        return self._render_result(request_id, result)
+        result = await self._backend.invoke(target, invocation)
+        return render_result(request_id, result)
 
-    def _render_result(self, request_id: str, result: InvocationResult) -> web.Response:
-        response_headers = {
-            "x-amzn-RequestId": request_id,
-            "X-Amz-Executed-Version": self._config.function_version,
-            "Content-Type": "application/json",
-        }
-        if result.error_type is not None:
-            response_headers["X-Amz-Function-Error"] = "Unhandled"
-        if result.log_tail is not None:
-            response_headers["X-Amz-Log-Result"] = base64.b64encode(result.log_tail).decode()
-        return web.Response(body=result.body, headers=response_headers)
 
-    def _run_event(self, invocation: Invocation) -> None:
-        task = asyncio.get_running_loop().create_task(self._event(invocation))
-        self._events.add(task)
-        task.add_done_callback(self._events.discard)
-
-    async def _event(self, invocation: Invocation) -> None:
-        # Events wait here, not in the dispatcher, so their deadline starts when they run.
-        async with self._event_slots:
-            invocation.started_at = time.time()
-            result = await self._dispatcher.submit(invocation)
-        if result.error_type is not None:
-            logger.warning("event %s failed: %s", invocation.request_id, result.error_type)
+def render_result(request_id: str, result: InvocationResult) -> web.Response:
+    headers = {
+        "x-amzn-RequestId": request_id,
+        "X-Amz-Executed-Version": result.executed_version,
+        "Content-Type": "application/json",
+    }
+    if result.error_type is not None:
+        headers["X-Amz-Function-Error"] = "Unhandled"
+    if result.log_tail is not None:
+        headers["X-Amz-Log-Result"] = base64.b64encode(result.log_tail).decode()
+    return web.Response(body=result.body, headers=headers)
 
 
 async def read_payload(request: web.Request, limit: int) -> bytes:
-    """The request body, at most `limit` bytes, and valid JSON unless empty."""
+    """The request body, checked as Lambda checks it (size, JSON)."""
     size = request.content_length
     if size is not None and size > limit:
         raise RequestTooLarge(
@@ -244,43 +300,8 @@ async def read_payload(request: web.Request, limit: int) -> bytes:
     try:
         payload = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        payload = b"x" * (limit + 1)
-    if len(payload) > limit:
         raise RequestTooLarge(
             f"Request must be smaller than {limit} bytes for the Invoke operation"
-        )
-    if payload:
-        try:
-            json.loads(payload)
-        except ValueError as exc:
-            raise InvalidRequestContent(
-                f"Could not parse request body into json: Could not parse payload into json: {exc}"
-            ) from None
-    return payload
-
-
-def decode_client_context(header: str | None) -> str | None:
-    """X-Amz-Client-Context: base64 of a JSON object → the JSON text for the runtime."""
-    if not header:
-        return None
-    try:
-        text = base64.b64decode(header, validate=True).decode()
-        if len(text) > MAX_CLIENT_CONTEXT:
-            raise InvalidParameterValue(
-                f"Client context must be at most {MAX_CLIENT_CONTEXT} bytes once decoded."
-            )
-        if not isinstance(json.loads(text), dict):
-            raise ValueError("not an object")
-    except (binascii.Error, ValueError):
-        raise InvalidParameterValue(
-            "Client context must be a valid Base64-encoded JSON object."
         ) from None
-    return text
-
-
-def new_trace_id() -> str:
-    """An X-Ray trace header, as Lambda generates when the caller sent none."""
-    return (
-        f"Root=1-{int(time.time()):08x}-{secrets.token_hex(12)};"
-        f"Parent={secrets.token_hex(8)};Sampled=0"
-    )
+    check_payload(payload, limit)
+    return payload
