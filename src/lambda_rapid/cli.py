@@ -27,12 +27,13 @@ def daemon_main(argv: Sequence[str] | None = None) -> None:
         return
     setup_logging(config.log_level, config.structured_logging)
     try:
-        asyncio.run(_serve(config))
+        status = asyncio.run(_serve(config))
     except ConfigError as error:
         fail(str(error))
     except KeyboardInterrupt:
-        pass
+        status = 0
+    raise SystemExit(status)
 
 
-async def _serve(config: DaemonConfig) -> None:
-    await Daemon(config).serve()
+async def _serve(config: DaemonConfig) -> int:
+    return await Daemon(config).serve()

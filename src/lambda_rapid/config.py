@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +108,34 @@ def _function_name(text: str) -> str:
 
 
 def _text(text: str) -> str:
+    return text
+
+
+def _amqp_uri(text: str) -> str:
+    parsed = urllib.parse.urlsplit(text)
+    if parsed.scheme not in ("amqp", "amqps") or not parsed.hostname:
+        raise ValueError("must be an amqp:// or amqps:// URI with a host")
+    try:
+        parsed.port  # noqa: B018 - validates the port
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    query = urllib.parse.parse_qs(parsed.query)
+    for name in ("connection_attempts", "retry_delay"):
+        for value in query.get(name, []):
+            float(value)
+    return text
+
+
+def _retry_attempts(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 2:
+        raise ValueError("must be 0, 1 or 2 (as Lambda's MaximumRetryAttempts)")
+    return value
+
+
+def _queue_name(text: str) -> str:
+    if not 1 <= len(text) <= 255:
+        raise ValueError("must be a queue name of 1-255 characters")
     return text
 
 
@@ -250,6 +279,92 @@ DAEMON_SETTINGS: tuple[Setting, ...] = (
     ),
 )
 
+AMQP_SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "amqp_uri",
+        "AMQP_URI",
+        "--amqp-uri",
+        _amqp_uri,
+        None,
+        "RabbitMQ URI, e.g. amqp://host:5672/?connection_attempts=20&retry_delay=10 "
+        "(unset: no broker)",
+    ),
+    Setting(
+        "amqp_username",
+        "AMQP_USERNAME",
+        "--amqp-username",
+        _text,
+        None,
+        "broker user name when AMQP_URI has none",
+    ),
+    Setting(
+        "amqp_password",
+        "AMQP_PASSWORD",
+        "--amqp-password",
+        _text,
+        None,
+        "broker password when AMQP_URI has none",
+    ),
+)
+
+DAEMON_AMQP_SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "max_retry_attempts",
+        "MAXIMUM_RETRY_ATTEMPTS",
+        "--maximum-retry-attempts",
+        _retry_attempts,
+        "2",
+        "retries of a failed Event invocation (AMQP mode)",
+    ),
+    Setting(
+        "dead_letter_queue",
+        "DEAD_LETTER_QUEUE",
+        "--dead-letter-queue",
+        _queue_name,
+        None,
+        "queue for Event invocations that failed every attempt (default <function>-dlq)",
+    ),
+)
+
+
+ALL_DAEMON_SETTINGS = DAEMON_SETTINGS + AMQP_SETTINGS + DAEMON_AMQP_SETTINGS
+
+
+@dataclass(frozen=True, slots=True)
+class AmqpConfig:
+    """Where the broker is and how hard to try reaching it."""
+
+    url: str  # with credentials, without the reconnection parameters
+    display: str  # for log lines: no credentials
+    connection_attempts: int
+    retry_delay: float
+
+    def __repr__(self) -> str:
+        return f"AmqpConfig({self.display!r})"
+
+
+def amqp_config(uri: str | None, username: str | None, password: str | None) -> AmqpConfig | None:
+    """Split AMQP_URI into a connection URL and the reconnection policy it names."""
+    if uri is None:
+        return None
+    parts = urllib.parse.urlsplit(uri)
+    query = urllib.parse.parse_qs(parts.query)
+    attempts = max(1, int(float(query.pop("connection_attempts", ["1"])[0])))
+    delay = max(0.0, float(query.pop("retry_delay", ["2"])[0]))
+    user = urllib.parse.unquote(parts.username) if parts.username else (username or "guest")
+    secret = urllib.parse.unquote(parts.password) if parts.password else (password or "guest")
+    host = parts.hostname or "localhost"
+    host_port = f"[{host}]" if ":" in host else host
+    if parts.port:
+        host_port += f":{parts.port}"
+    credentials = f"{urllib.parse.quote(user, safe='')}:{urllib.parse.quote(secret, safe='')}"
+    path = parts.path or "/"
+    url = urllib.parse.urlunsplit(
+        (parts.scheme, f"{credentials}@{host_port}", path, urllib.parse.urlencode(query, True), "")
+    )
+    display = urllib.parse.urlunsplit((parts.scheme, host_port, path, "", ""))
+    return AmqpConfig(url, display, attempts, delay)
+
 
 @dataclass(frozen=True, slots=True)
 class DaemonConfig:
@@ -274,6 +389,9 @@ class DaemonConfig:
     account_id: str
     shutdown_grace: float
     runtime_environ: Mapping[str, str]
+    amqp: AmqpConfig | None = None
+    max_retry_attempts: int = 2
+    dead_letter_queue: str = ""
 
     @property
     def function_arn(self) -> str:
@@ -347,7 +465,7 @@ Every setting is an environment variable or a flag; flags win."""
 def daemon_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> DaemonConfig:
     """Build the daemon's config from command-line arguments and the environment."""
     env = os.environ if environ is None else environ
-    parser = build_parser("lambda-runtime-api-daemon", DAEMON_SETTINGS, DAEMON_DESCRIPTION)
+    parser = build_parser("lambda-runtime-api-daemon", ALL_DAEMON_SETTINGS, DAEMON_DESCRIPTION)
     parser.add_argument(
         "command",
         nargs=argparse.REMAINDER,
@@ -356,12 +474,18 @@ def daemon_config(argv: Sequence[str], environ: Mapping[str, str] | None = None)
     )
     flags = parser.parse_args(list(argv))
     values = resolve_settings(DAEMON_SETTINGS, flags, env)
+    amqp_values = resolve_settings(AMQP_SETTINGS, flags, env)
+    values.update(resolve_settings(DAEMON_AMQP_SETTINGS, flags, env))
     command = _runtime_command(list(flags.command))
     handler = command[-1] if len(command) >= 2 else (env.get("_HANDLER") or None)
     if values["function_name"] is None:
         values["function_name"] = default_function_name(handler, command[0])
     values["structured_logging"] = bool(values["structured_logging"])
+    values["dead_letter_queue"] = values["dead_letter_queue"] or f"{values['function_name']}-dlq"
     return DaemonConfig(
+        amqp=amqp_config(
+            amqp_values["amqp_uri"], amqp_values["amqp_username"], amqp_values["amqp_password"]
+        ),
         command=tuple(command),
         handler=handler,
         runtime_environ=runtime_base_environ(env),

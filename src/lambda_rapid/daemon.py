@@ -1,17 +1,20 @@
 """The daemon: composition root and lifecycle of one function's daemon.
 
 ``Daemon.serve()`` wires the parts in dependency order (dispatcher, pool, Runtime API,
-Invoke API), waits for SIGTERM/SIGINT and then shuts down: stop accepting, let in-flight
+Invoke API, and the AMQP consumer when AMQP_URI is set), waits for SIGTERM/SIGINT (or
+the broker being given up on) and then shuts down: stop accepting, let in-flight
 invocations finish within the grace period, stop every runtime process group.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
 
+from lambda_rapid.amqp import BrokerUnavailable, RpcConsumer
 from lambda_rapid.config import DaemonConfig
 from lambda_rapid.dispatcher import Dispatcher
 from lambda_rapid.invoke_api import InvokeApi, LocalBackend
@@ -35,15 +38,31 @@ class Daemon:
         self.dispatcher = Dispatcher(config, reporter)
         self.runtime_api = RuntimeApi(config, self.dispatcher)
         self.pool = Pool(config, self.runtime_api.addresses, self.dispatcher.on_instance_exit)
-        self.backend = LocalBackend(config, self.dispatcher)
+        self.consumer = RpcConsumer(config, self.dispatcher.submit) if config.amqp else None
+        self.backend = LocalBackend(
+            config, self.dispatcher, self.consumer.publish_event if self.consumer else None
+        )
         self.invoke_api = InvokeApi(
             config.invoke_api_host, config.port, config.timeout, self.backend
         )
+        self._consuming: asyncio.Task[None] | None = None
 
-    async def serve(self) -> None:
+    async def serve(self) -> int:
+        """Run until told to stop; the exit status (1 when the broker was given up on)."""
         await self.startup()
-        await self._stop.wait()
+        stop = asyncio.create_task(self._stop.wait())
+        waits: set[asyncio.Future[object]] = {stop}  # type: ignore[arg-type]
+        if self._consuming is not None:
+            waits.add(self._consuming)  # type: ignore[arg-type]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        status = 0
+        if self._consuming is not None and self._consuming.done():
+            error = self._consuming.exception()
+            logger.error("giving up: %s", error)
+            status = 1 if isinstance(error, BrokerUnavailable) else 2
+        stop.cancel()
         await self.shutdown()
+        return status
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -55,6 +74,8 @@ class Daemon:
         self.dispatcher.attach(self.pool)
         await self.runtime_api.start()
         await self.invoke_api.start()
+        if self.consumer is not None:
+            self._consuming = loop.create_task(self.consumer.run())
         logger.info(
             "function %s ready: Invoke API on %s:%d, runtime %s, max concurrency %d",
             self.config.function_name,
@@ -67,9 +88,17 @@ class Daemon:
     async def shutdown(self) -> None:
         logger.info("stopping: letting in-flight invocations finish")
         self.invoke_api.stop_accepting()
+        if self.consumer is not None:
+            await self.consumer.stop_consuming()
         deadline = time.monotonic() + self.config.shutdown_grace
         await self.backend.close(self.config.shutdown_grace)
         await self.dispatcher.drain(max(0.0, deadline - time.monotonic()))
+        if self._consuming is not None:
+            # Give the last replies a moment to be published and acknowledged.
+            await asyncio.sleep(0.05)
+            self._consuming.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._consuming
         await self.dispatcher.close(RUNTIME_STOP_GRACE)
         await self.invoke_api.close()
         await self.runtime_api.close()

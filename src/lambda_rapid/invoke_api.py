@@ -14,6 +14,7 @@ import base64
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -143,11 +144,21 @@ class Backend(Protocol):
     async def dry_run(self, target: Target) -> None: ...
 
 
-class LocalBackend:
-    """Runs invocations on this daemon's dispatcher; events wait in memory."""
+EventSink = Callable[[Invocation], Awaitable[None]]
 
-    def __init__(self, config: DaemonConfig, dispatcher: Dispatcher) -> None:
+
+class LocalBackend:
+    """Runs invocations on this daemon's dispatcher.
+
+    Events wait in memory, or, with a broker, are handed to `durable_events`, which
+    persists them on the function's queue before the caller gets 202.
+    """
+
+    def __init__(
+        self, config: DaemonConfig, dispatcher: Dispatcher, durable_events: EventSink | None = None
+    ) -> None:
         self._resolver = FunctionResolver(config)
+        self._durable_events = durable_events
         self._dispatcher = dispatcher
         self._version = config.function_version
         self._events: set[asyncio.Task[None]] = set()
@@ -162,6 +173,9 @@ class LocalBackend:
         return result
 
     async def enqueue(self, target: Target, invocation: Invocation) -> None:
+        if self._durable_events is not None:
+            await self._durable_events(invocation)
+            return
         task = asyncio.get_running_loop().create_task(self._run_event(invocation))
         self._events.add(task)
         task.add_done_callback(self._events.discard)

@@ -7,6 +7,7 @@ Lambda's status code and ``{"errorMessage", "errorType"}`` body, rendered in one
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -35,6 +36,15 @@ Handler = Callable[[web.Request, Instance], Awaitable[web.StreamResponse]]
 
 def render_error(error: RuntimeApiError) -> web.Response:
     return web.Response(status=error.status, body=error.body(), content_type="application/json")
+
+
+def error_type_of(body: bytes) -> str:
+    """The errorType of an error body, for runtimes that send no error-type header."""
+    try:
+        error_type = json.loads(body).get("errorType")
+    except (ValueError, AttributeError):
+        return UNKNOWN_ERROR_TYPE
+    return error_type if isinstance(error_type, str) and error_type else UNKNOWN_ERROR_TYPE
 
 
 def accepted() -> web.Response:
@@ -161,13 +171,13 @@ class RuntimeApi:
     async def error(self, request: web.Request, instance: Instance) -> web.StreamResponse:
         request_id = request.match_info["request_id"]
         body = await request.read()
-        error_type = request.headers.get(ERROR_TYPE_HEADER) or UNKNOWN_ERROR_TYPE
+        error_type = request.headers.get(ERROR_TYPE_HEADER) or error_type_of(body)
         self._dispatcher.complete(instance, request_id, InvocationResult(body, error_type), "error")
         return accepted()
 
     async def init_error(self, request: web.Request, instance: Instance) -> web.StreamResponse:
         body = await request.read()
-        error_type = request.headers.get(ERROR_TYPE_HEADER) or UNKNOWN_ERROR_TYPE
+        error_type = request.headers.get(ERROR_TYPE_HEADER) or error_type_of(body)
         logger.warning("runtime init failed: %s", error_type)
         self._dispatcher.init_failed(instance, error_type, body)
         return accepted()
