@@ -9,13 +9,20 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from lambda_rapid.config import ConfigError, DaemonConfig, daemon_config
+from lambda_rapid.config import (
+    ConfigError,
+    DaemonConfig,
+    ServerConfig,
+    daemon_config,
+    server_config,
+)
 from lambda_rapid.daemon import Daemon
+from lambda_rapid.lambda_server import LambdaServer
 from lambda_rapid.log import setup_logging
 
 
-def fail(message: str) -> None:
-    print(f"lambda-runtime-api-daemon: error: {message}", file=sys.stderr)
+def fail(message: str, prog: str = "lambda-runtime-api-daemon") -> None:
+    print(f"{prog}: error: {message}", file=sys.stderr)
     raise SystemExit(2)
 
 
@@ -37,3 +44,23 @@ def daemon_main(argv: Sequence[str] | None = None) -> None:
 
 async def _serve(config: DaemonConfig) -> int:
     return await Daemon(config).serve()
+
+
+def server_main(argv: Sequence[str] | None = None) -> None:
+    try:
+        config = server_config(sys.argv[1:] if argv is None else argv)
+    except ConfigError as error:
+        fail(str(error), "lambda-server")
+        return
+    setup_logging(config.log_level, config.structured_logging)
+    try:
+        status = asyncio.run(_serve_server(config))
+    except ConfigError as error:
+        fail(str(error), "lambda-server")
+    except KeyboardInterrupt:
+        status = 0
+    raise SystemExit(status)
+
+
+async def _serve_server(config: ServerConfig) -> int:
+    return await LambdaServer(config).serve()

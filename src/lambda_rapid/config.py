@@ -8,6 +8,7 @@ and the environment handed to runtime processes (the daemon's own minus secrets)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import urllib.parse
@@ -551,3 +552,61 @@ def settings_markdown(settings: Sequence[Setting]) -> str:
         default = "unset" if s.default is None else f"`{s.default}`"
         rows.append(f"| `{s.env}` | `{s.flag}` | {default} | {s.help} |")
     return "\n".join(rows)
+
+
+def _server_settings() -> tuple[Setting, ...]:
+    shared = {s.field: s for s in DAEMON_SETTINGS}
+    timeout = dataclasses.replace(
+        shared["timeout"],
+        default="1800",
+        help="seconds to wait for a reply before answering with a timeout (fail-safe)",
+    )
+    return (
+        shared["invoke_api_host"],
+        shared["port"],
+        timeout,
+        shared["log_level"],
+        shared["structured_logging"],
+        shared["region"],
+        shared["account_id"],
+        dataclasses.replace(
+            AMQP_SETTINGS[0],
+            default="amqp://127.0.0.1:5672/?connection_attempts=20&retry_delay=10",
+        ),
+        *AMQP_SETTINGS[1:],
+    )
+
+
+SERVER_SETTINGS = _server_settings()
+
+SERVER_DESCRIPTION = """\
+The Lambda Invoke API for many functions: each invocation is published to the RabbitMQ
+queue named after its FunctionName, where lambda-runtime-api-daemon instances (started
+with AMQP_URI) serve it, and the correlated reply is returned to the caller.
+Every setting is an environment variable or a flag; flags win."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Settings of the Lambda Server."""
+
+    invoke_api_host: str
+    port: int
+    timeout: float
+    log_level: str
+    structured_logging: bool
+    region: str
+    account_id: str
+    amqp: AmqpConfig
+
+
+def server_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> ServerConfig:
+    env = os.environ if environ is None else environ
+    parser = build_parser("lambda-server", SERVER_SETTINGS, SERVER_DESCRIPTION)
+    values = resolve_settings(SERVER_SETTINGS, parser.parse_args(list(argv)), env)
+    amqp = amqp_config(
+        values.pop("amqp_uri"), values.pop("amqp_username"), values.pop("amqp_password")
+    )
+    assert amqp is not None
+    values["structured_logging"] = bool(values["structured_logging"])
+    return ServerConfig(amqp=amqp, **values)
