@@ -6,6 +6,7 @@ A bad setting ends the program with one line naming it and exit status 2.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 
@@ -19,6 +20,7 @@ from lambda_rapid.config import (
 from lambda_rapid.daemon import Daemon
 from lambda_rapid.lambda_server import LambdaServer
 from lambda_rapid.log import setup_logging
+from lambda_rapid.sample_events import render as render_sample_event
 
 
 def fail(message: str, prog: str = "lambda-runtime-api-daemon") -> None:
@@ -64,3 +66,12 @@ def server_main(argv: Sequence[str] | None = None) -> None:
 
 async def _serve_server(config: ServerConfig) -> int:
     return await LambdaServer(config).serve()
+
+
+def events_main(argv: Sequence[str] | None = None) -> None:
+    event = render_sample_event(sys.argv[1:] if argv is None else argv)
+    try:
+        print(event, flush=True)
+    except BrokenPipeError:
+        # The reader (e.g. `head`) left early; say nothing more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

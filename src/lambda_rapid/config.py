@@ -328,7 +328,122 @@ DAEMON_AMQP_SETTINGS: tuple[Setting, ...] = (
 )
 
 
-ALL_DAEMON_SETTINGS = DAEMON_SETTINGS + AMQP_SETTINGS + DAEMON_AMQP_SETTINGS
+GATEWAY_METHODS = ("ANY", "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayRoute:
+    """One GATEWAY_ROUTES entry: `METHOD /path/{param}/{greedy+}`, optionally `=function`."""
+
+    method: str
+    path: str
+    function: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.method} {self.path}"
+
+
+def _event_format(text: str) -> str:
+    lowered = text.strip().lower()
+    if lowered in ("v1", "1.0"):
+        return "v1"
+    if lowered in ("v2", "2.0"):
+        return "v2"
+    raise ValueError("must be v1 (REST API) or v2 (HTTP API / function URL)")
+
+
+def _stage(text: str) -> str | None:
+    if text in ("", "$default"):
+        return None
+    if len(text) > 128 or not all(c.isalnum() or c in "-_" for c in text):
+        raise ValueError("must be $default or letters, digits, '-' and '_'")
+    return text
+
+
+def _route_path(path: str) -> None:
+    if not path.startswith("/"):
+        raise ValueError(f"path {path!r} must start with '/'")
+    segments = path[1:].split("/") if path != "/" else []
+    for index, segment in enumerate(segments):
+        if not segment:
+            raise ValueError(f"path {path!r} has an empty segment")
+        if segment.startswith("{") != segment.endswith("}"):
+            raise ValueError(f"path {path!r}: {segment!r} is not a {{parameter}}")
+        name = segment[1:-1].removesuffix("+") if segment.startswith("{") else None
+        if name is not None and (not name or not all(c.isalnum() or c in "-_." for c in name)):
+            raise ValueError(f"path {path!r}: bad parameter {segment!r}")
+        if segment.endswith("+}") and index != len(segments) - 1:
+            raise ValueError(f"path {path!r}: a greedy {segment} must be the last segment")
+
+
+def _is_function_name(text: str) -> bool:
+    return 1 <= len(text) <= 64 and all(c.isalnum() or c in "-_" for c in text)
+
+
+def _gateway_route(entry: str) -> GatewayRoute:
+    spec, equals, function = entry.partition("=")
+    method, _, path = spec.strip().partition(" ")
+    method, path = method.upper(), path.strip()
+    if method not in GATEWAY_METHODS:
+        raise ValueError(f"route {entry!r}: method must be one of " + ", ".join(GATEWAY_METHODS))
+    _route_path(path)
+    if equals and not _is_function_name(function.strip()):
+        raise ValueError(f"route {entry!r}: {function.strip()!r} is not a function name")
+    return GatewayRoute(method, path, function.strip() if equals else None)
+
+
+def _gateway_routes(text: str) -> tuple[GatewayRoute, ...] | None:
+    entries = [entry for entry in text.split(",") if entry.strip()]
+    return tuple(_gateway_route(entry) for entry in entries) or None
+
+
+GATEWAY_SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "gateway_port",
+        "GATEWAY_PORT",
+        "--gateway-port",
+        _port,
+        None,
+        "port of the API Gateway-style HTTP front door on INVOKE_API_HOST (unset: off)",
+    ),
+    Setting(
+        "gateway_event_format",
+        "GATEWAY_EVENT_FORMAT",
+        "--gateway-event-format",
+        _event_format,
+        "v2",
+        "event the gateway sends: v1 (REST API proxy) or v2 (HTTP API, function URL)",
+    ),
+    Setting(
+        "gateway_stage",
+        "GATEWAY_STAGE",
+        "--gateway-stage",
+        _stage,
+        None,
+        "stage name: requests must start with /<stage> (unset: $default, no prefix)",
+    ),
+    Setting(
+        "gateway_routes",
+        "GATEWAY_ROUTES",
+        "--gateway-routes",
+        _gateway_routes,
+        None,
+        "route keys, e.g. 'GET /items/{id},ANY /files/{proxy+}' (lambda-server: "
+        "'GET /items/{id}=function'); other paths answer 404 (unset: every path)",
+    ),
+    Setting(
+        "gateway_timeout",
+        "GATEWAY_TIMEOUT",
+        "--gateway-timeout",
+        _positive_seconds,
+        "29",
+        "seconds the gateway waits for the function before answering 504",
+    ),
+)
+
+
+ALL_DAEMON_SETTINGS = DAEMON_SETTINGS + AMQP_SETTINGS + DAEMON_AMQP_SETTINGS + GATEWAY_SETTINGS
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,6 +508,11 @@ class DaemonConfig:
     amqp: AmqpConfig | None = None
     max_retry_attempts: int = 2
     dead_letter_queue: str = ""
+    gateway_port: int | None = None
+    gateway_event_format: str = "v2"
+    gateway_stage: str | None = None
+    gateway_routes: tuple[GatewayRoute, ...] | None = None
+    gateway_timeout: float = 29.0
 
     @property
     def function_arn(self) -> str:
@@ -413,18 +533,34 @@ def build_parser(
         help_text = f"{setting.help} [env {setting.env}, default {default}]"
         if setting.is_switch:
             parser.add_argument(
-                setting.flag,
-                dest=setting.field,
-                nargs="?",
-                const="TRUE",
-                metavar="TRUE|FALSE",
-                help=help_text,
+                setting.flag, dest=setting.field, metavar="TRUE|FALSE", help=help_text
             )
         else:
             parser.add_argument(
                 setting.flag, dest=setting.field, metavar=setting.env, help=help_text
             )
     return parser
+
+
+def expand_switches(argv: Sequence[str], settings: Sequence[Setting]) -> list[str]:
+    """A bare switch (`--print-reports`) means TRUE, without taking the next word.
+
+    Only the options before the runtime command are looked at; `--flag=VALUE` still works.
+    """
+    switches = {s.flag for s in settings if s.is_switch}
+    takes_value = {s.flag for s in settings if not s.is_switch}
+    result = list(argv)
+    index = 0
+    while index < len(result):
+        token = result[index]
+        if token == "--" or not token.startswith("-"):
+            break
+        if token in switches:
+            result[index] = f"{token}=TRUE"
+        elif token in takes_value:
+            index += 1
+        index += 1
+    return result
 
 
 def resolve_settings(
@@ -473,10 +609,11 @@ def daemon_config(argv: Sequence[str], environ: Mapping[str, str] | None = None)
         metavar="COMMAND ...",
         help="the runtime command, e.g. python -m awslambdaric echo.handler",
     )
-    flags = parser.parse_args(list(argv))
+    flags = parser.parse_args(expand_switches(argv, ALL_DAEMON_SETTINGS))
     values = resolve_settings(DAEMON_SETTINGS, flags, env)
     amqp_values = resolve_settings(AMQP_SETTINGS, flags, env)
     values.update(resolve_settings(DAEMON_AMQP_SETTINGS, flags, env))
+    values.update(resolve_settings(GATEWAY_SETTINGS, flags, env))
     command = _runtime_command(list(flags.command))
     handler = command[-1] if len(command) >= 2 else (env.get("_HANDLER") or None)
     if values["function_name"] is None:
@@ -574,6 +711,7 @@ def _server_settings() -> tuple[Setting, ...]:
             default="amqp://127.0.0.1:5672/?connection_attempts=20&retry_delay=10",
         ),
         *AMQP_SETTINGS[1:],
+        *GATEWAY_SETTINGS,
     )
 
 
@@ -598,12 +736,18 @@ class ServerConfig:
     region: str
     account_id: str
     amqp: AmqpConfig
+    gateway_port: int | None = None
+    gateway_event_format: str = "v2"
+    gateway_stage: str | None = None
+    gateway_routes: tuple[GatewayRoute, ...] | None = None
+    gateway_timeout: float = 29.0
 
 
 def server_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> ServerConfig:
     env = os.environ if environ is None else environ
     parser = build_parser("lambda-server", SERVER_SETTINGS, SERVER_DESCRIPTION)
-    values = resolve_settings(SERVER_SETTINGS, parser.parse_args(list(argv)), env)
+    flags = parser.parse_args(expand_switches(argv, SERVER_SETTINGS))
+    values = resolve_settings(SERVER_SETTINGS, flags, env)
     amqp = amqp_config(
         values.pop("amqp_uri"), values.pop("amqp_username"), values.pop("amqp_password")
     )

@@ -17,6 +17,7 @@ import time
 from lambda_rapid.amqp import BrokerUnavailable, RpcConsumer
 from lambda_rapid.config import DaemonConfig
 from lambda_rapid.dispatcher import Dispatcher
+from lambda_rapid.gateway import gateway_for
 from lambda_rapid.invoke_api import InvokeApi, LocalBackend
 from lambda_rapid.pool import Pool
 from lambda_rapid.reports import Reporter
@@ -45,6 +46,7 @@ class Daemon:
         self.invoke_api = InvokeApi(
             config.invoke_api_host, config.port, config.timeout, self.backend
         )
+        self.gateway = gateway_for(config, self.backend, config.function_name)
         self._consuming: asyncio.Task[None] | None = None
 
     async def serve(self) -> int:
@@ -74,6 +76,8 @@ class Daemon:
         self.dispatcher.attach(self.pool)
         await self.runtime_api.start()
         await self.invoke_api.start()
+        if self.gateway is not None:
+            await self.gateway.start()
         if self.consumer is not None:
             self._consuming = loop.create_task(self.consumer.run())
         logger.info(
@@ -88,6 +92,8 @@ class Daemon:
     async def shutdown(self) -> None:
         logger.info("stopping: letting in-flight invocations finish")
         self.invoke_api.stop_accepting()
+        if self.gateway is not None:
+            self.gateway.stop_accepting()
         if self.consumer is not None:
             await self.consumer.stop_consuming()
         deadline = time.monotonic() + self.config.shutdown_grace
@@ -101,5 +107,7 @@ class Daemon:
                 await self._consuming
         await self.dispatcher.close(RUNTIME_STOP_GRACE)
         await self.invoke_api.close()
+        if self.gateway is not None:
+            await self.gateway.close()
         await self.runtime_api.close()
         logger.info("stopped")

@@ -108,11 +108,12 @@ def decode_client_context(header: str | None) -> str | None:
     if not header:
         return None
     try:
-        text = base64.b64decode(header, validate=True).decode()
-        if len(text) > MAX_CLIENT_CONTEXT:
+        raw = base64.b64decode(header, validate=True)
+        if len(raw) > MAX_CLIENT_CONTEXT:
             raise InvalidParameterValue(
                 f"Client context must be at most {MAX_CLIENT_CONTEXT} bytes once decoded."
             )
+        text = raw.decode()
         if not isinstance(json.loads(text), dict):
             raise ValueError("not an object")
     except (binascii.Error, ValueError):

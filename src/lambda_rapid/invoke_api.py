@@ -55,6 +55,7 @@ logger = logging.getLogger(__name__)
 INVOKE_PATH = "/2015-03-31/functions/{function_name}/invocations"
 GENERIC_NAME = "function"  # the emulator's fixed name, accepted for compatibility
 INVOCATION_TYPES = ("RequestResponse", "Event", "DryRun")
+EMPTY_EVENT = b"{}"
 
 
 def render_error(error: InvokeError, request_id: str | None = None) -> web.Response:
@@ -318,4 +319,5 @@ async def read_payload(request: web.Request, limit: int) -> bytes:
             f"Request must be smaller than {limit} bytes for the Invoke operation"
         ) from None
     check_payload(payload, limit)
-    return payload
+    # Lambda hands a function invoked without a payload the empty object.
+    return payload or EMPTY_EVENT

@@ -20,6 +20,7 @@ from lambda_rapid import amqp
 from lambda_rapid.amqp import BrokerUnavailable, RpcClient, header_text
 from lambda_rapid.config import ServerConfig
 from lambda_rapid.errors import InvokeError, ResourceNotFound, timeout_error
+from lambda_rapid.gateway import gateway_for
 from lambda_rapid.invocation import Invocation, InvocationResult
 from lambda_rapid.invoke_api import InvokeApi, Target, merge_qualifier, split_function_name
 
@@ -122,9 +123,9 @@ class LambdaServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.client = RpcClient(config.amqp)
-        self.invoke_api = InvokeApi(
-            config.invoke_api_host, config.port, config.timeout, AmqpBackend(config, self.client)
-        )
+        backend = AmqpBackend(config, self.client)
+        self.invoke_api = InvokeApi(config.invoke_api_host, config.port, config.timeout, backend)
+        self.gateway = gateway_for(config, backend, None)
         self._stop = asyncio.Event()
 
     def request_stop(self) -> None:
@@ -135,6 +136,8 @@ class LambdaServer:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop)
         await self.invoke_api.start()
+        if self.gateway is not None:
+            await self.gateway.start()
         connection = loop.create_task(self.client.run())
         stop = loop.create_task(self._stop.wait())
         logger.info(
@@ -150,8 +153,12 @@ class LambdaServer:
             logger.error("giving up: %s", error)
             status = 1 if isinstance(error, BrokerUnavailable) else 2
         self.invoke_api.stop_accepting()
+        if self.gateway is not None:
+            self.gateway.stop_accepting()
         stop.cancel()
         connection.cancel()
         await asyncio.gather(connection, return_exceptions=True)
         await self.invoke_api.close()
+        if self.gateway is not None:
+            await self.gateway.close()
         return status

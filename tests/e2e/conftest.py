@@ -140,7 +140,9 @@ class Daemon:
                 for pid in processes_with_marker(self.token):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
-                raise AssertionError("daemon did not exit within %s s after SIGTERM" % timeout)
+                raise AssertionError(
+                    f"daemon did not exit within {timeout} s after SIGTERM"
+                ) from None
         leftovers = wait_until_gone(self.token)
         assert not leftovers, f"processes outlived the daemon: {leftovers}"
         return self.proc.returncode

@@ -43,8 +43,11 @@ def handler(event, context):
             "log_stream_name": context.log_stream_name,
             "remaining_ms": context.get_remaining_time_in_millis(),
             "client_context": None if client is None else {
-                "custom": client.custom, "env": client.env, "client": vars(client.client)
-                if client.client else None,
+                "custom": client.custom, "env": client.env,
+                "client": None if client.client is None else {
+                    "installation_id": client.client.installation_id,
+                    "app_title": client.client.app_title,
+                },
             },
             "cognito_identity_id": identity.cognito_identity_id if identity else None,
             "trace_id": os.environ.get("_X_AMZN_TRACE_ID"),

@@ -1,0 +1,327 @@
+"""Benchmark suite: `python -m bench [--quick] [--rounds N] [--out DIR] [--docs]`.
+
+Starts the daemon as users do (and the floor server, in alternating rounds) on free
+loopback ports and measures daemon CPU per invocation, throughput and latency, memory,
+start-up, and the AMQP path. Writes DIR/results.json and DIR/results.md; with --docs
+also docs/benchmarks.md and docs/benchmarks.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DAEMON = str(BIN / "lambda-runtime-api-daemon")
+SERVER = str(BIN / "lambda-server")
+RAW = [sys.executable, str(REPO / "bench" / "raw_runtime.py")]
+RIC = [sys.executable, "-m", "awslambdaric", "echo.handler"]
+ECHO_DIR = REPO / "examples" / "echo"
+BROKER = "amqp://guest:guest@127.0.0.1:5672/"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process (not its children)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.001)
+    raise RuntimeError(f"port {port} not open after {timeout} s")
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/2015-03-31/functions/function/invocations"
+
+
+def start(kind: str, runtime: list[str], concurrency: int,
+          extra_env: dict[str, str] | None = None) -> Server:
+    """Start the daemon ("ours") or the floor server with `runtime`."""
+    port = free_port()
+    env = dict(os.environ, PORT=str(port), INVOKE_API_HOST="127.0.0.1",
+               RUNTIME_API_PORT="0", MAX_CONCURRENCY=str(concurrency),
+               AWS_LAMBDA_FUNCTION_NAME="bench", **(extra_env or {}))
+    if kind == "ours":
+        command = [DAEMON, *runtime]
+    else:
+        command = [sys.executable, str(REPO / "bench" / "floor.py"), str(port),
+                   str(free_port()), str(concurrency), *runtime]
+    proc = subprocess.Popen(command, cwd=ECHO_DIR, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_port(port, proc)
+    return Server(proc, port)
+
+
+def stop(server: Server) -> None:
+    if server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            server.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.proc.pid, signal.SIGKILL)
+            server.proc.wait()
+
+
+@contextmanager
+def running(kind: str, runtime: list[str], concurrency: int,
+            extra_env: dict[str, str] | None = None) -> Iterator[Server]:
+    server = start(kind, runtime, concurrency, extra_env)
+    try:
+        yield server
+    finally:
+        stop(server)
+
+
+def invoke(url: str, payload: bytes = b"{}") -> bytes:
+    request = urllib.request.Request(url, data=payload, method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return bytes(response.read())
+
+
+def load(url: str, concurrency: int, seconds: float) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.load", url, str(concurrency), str(seconds)],
+        cwd=REPO, capture_output=True, check=True, text=True,
+    ).stdout
+    result: dict[str, float] = json.loads(out)
+    return result
+
+
+def warm(server: Server, concurrency: int) -> None:
+    load(server.url, concurrency, 0.5)
+
+
+def measure_load(kind: str, runtime: list[str], concurrency: int, instances: int,
+                 seconds: float) -> dict[str, float]:
+    """CPU per invocation of the server process alone, plus throughput and latency."""
+    with running(kind, runtime, instances) as server:
+        warm(server, concurrency)
+        before = cpu_seconds(server.proc.pid)
+        result = load(server.url, concurrency, seconds)
+        used = cpu_seconds(server.proc.pid) - before
+        result["cpu_us"] = used / max(result["count"], 1) * 1e6
+        result["rss_mb"] = rss_mb(server.proc.pid)
+    return result
+
+
+def measure_memory(kind: str, invocations: int) -> dict[str, float]:
+    with running(kind, RAW, 1) as server:
+        time.sleep(0.3)
+        idle = rss_mb(server.proc.pid)
+        warm(server, 1)
+        after_warm = rss_mb(server.proc.pid)
+        done = 0
+        while done < invocations:
+            done += int(load(server.url, 4, 1.0)["count"])
+        after = rss_mb(server.proc.pid)
+    return {"idle_mb": idle, "loaded_mb": after, "growth_mb": after - after_warm,
+            "invocations": done}
+
+
+def measure_startup(kind: str) -> dict[str, float]:
+    began = time.perf_counter()
+    server = start(kind, RAW, 1)
+    listening = time.perf_counter() - began
+    try:
+        invoke(server.url)
+        first = time.perf_counter() - began
+    finally:
+        stop(server)
+    return {"listen_ms": listening * 1000, "first_ms": first * 1000}
+
+
+def broker_up() -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", 5672)) == 0
+
+
+def measure_amqp(concurrency: int, instances: int, seconds: float) -> dict[str, float]:
+    """RPC through RabbitMQ straight to the daemon, and HTTP through lambda-server."""
+    from bench.amqp_load import rpc_load
+
+    name = f"bench-{os.getpid()}-{concurrency}"
+    env = {"AMQP_URI": BROKER, "AWS_LAMBDA_FUNCTION_NAME": name}
+    results: dict[str, float] = {}
+    with running("ours", RAW, instances, env):
+        time.sleep(0.5)
+        rpc = rpc_load(BROKER, name, concurrency, seconds)
+        results.update({f"rpc_{k}": v for k, v in rpc.items()})
+        port = free_port()
+        server = subprocess.Popen([SERVER], env=dict(os.environ, PORT=str(port), AMQP_URI=BROKER),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True)
+        try:
+            wait_port(port, server)
+            url = f"http://127.0.0.1:{port}/2015-03-31/functions/{name}/invocations"
+            time.sleep(0.3)
+            load(url, concurrency, 0.5)
+            via = load(url, concurrency, seconds)
+            results.update({f"server_{k}": v for k, v in via.items()})
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(15)
+    return results
+
+
+Stat = dict[str, float]
+
+
+def summarize(samples: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples)}
+
+
+def rounds(count: int, measure: Callable[[str], Stat]) -> dict[str, dict[str, dict[str, float]]]:
+    """Alternate ours and the floor `count` times; summarize every metric."""
+    collected: dict[str, list[Stat]] = {"ours": [], "floor": []}
+    for _ in range(count):
+        for kind in ("ours", "floor"):
+            collected[kind].append(measure(kind))
+    return {
+        kind: {key: summarize([s[key] for s in samples]) for key in samples[0]}
+        for kind, samples in collected.items()
+    }
+
+
+def run(quick: bool, count: int) -> dict[str, Any]:
+    seconds = 1.0 if quick else 5.0
+    report: dict[str, Any] = {"quick": quick, "rounds": count, "when": time.strftime("%Y-%m-%d %H:%M")}
+    cases = [("raw", RAW, 1, 1), ("raw", RAW, 8, 4), ("awslambdaric", RIC, 1, 1),
+             ("awslambdaric", RIC, 8, 4)]
+    for runtime_name, runtime, conc, instances in cases:
+        key = f"{runtime_name} C={conc} MAX_CONCURRENCY={instances}"
+        print(f"load: {key}", file=sys.stderr)
+        report[key] = rounds(count, lambda kind: measure_load(kind, runtime, conc, instances,
+                                                              seconds))
+    print("memory", file=sys.stderr)
+    report["memory"] = rounds(1, lambda kind: measure_memory(kind, 2000 if quick else 20000))
+    print("start-up", file=sys.stderr)
+    report["startup"] = rounds(1 if quick else 5, measure_startup)
+    if broker_up():
+        print("amqp", file=sys.stderr)
+        report["amqp"] = {f"C={c}": measure_amqp(c, i, seconds) for c, i in ((1, 1), (8, 4))}
+    return report
+
+
+def ratio(report: dict[str, Any], section: str, metric: str) -> str:
+    ours = report[section]["ours"][metric]
+    floor = report[section]["floor"][metric]["median"]
+    text = f"{ours['median']:.3g} ({ours['min']:.3g}..{ours['max']:.3g})"
+    return f"{text} / {floor:.3g} = {ours['median'] / floor:.2f}×" if floor else text
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [f"Measured {report['when']}, {report['rounds']} round(s), quick={report['quick']}.",
+             "Each cell: ours median (min..max) / floor median = ratio.", "",
+             "| case | daemon CPU µs/inv | inv/s | p50 ms | p99 ms | RSS MB |",
+             "|---|---|---|---|---|---|"]
+    for key in report:
+        if "C=" in key:
+            cells = [ratio(report, key, m) for m in ("cpu_us", "rate", "p50_ms", "p99_ms",
+                                                     "rss_mb")]
+            lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    lines += ["", "| memory | idle MB | after load MB | growth MB |", "|---|---|---|---|",
+              "| raw runtime | " + " | ".join(ratio(report, "memory", m)
+                                              for m in ("idle_mb", "loaded_mb", "growth_mb"))
+              + " |",
+              "", "| start-up | Invoke API listening ms | first invocation ms |", "|---|---|---|",
+              "| raw runtime | " + " | ".join(ratio(report, "startup", m)
+                                              for m in ("listen_ms", "first_ms")) + " |"]
+    if "amqp" in report:
+        lines += ["", "| AMQP | RPC inv/s | RPC p50 ms | RPC p99 ms | lambda-server inv/s | "
+                  "lambda-server p50 ms | lambda-server p99 ms |", "|---|---|---|---|---|---|---|"]
+        for key, values in report["amqp"].items():
+            cells = [f"{values[m]:.3g}" for m in ("rpc_rate", "rpc_p50_ms", "rpc_p99_ms",
+                                                   "server_rate", "server_p50_ms",
+                                                   "server_p99_ms")]
+            lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in report if "C=" in k]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for offset, kind in ((-0.2, "ours"), (0.2, "floor")):
+        xs = [i + offset for i in range(len(keys))]
+        left.bar(xs, [report[k][kind]["rate"]["median"] for k in keys], 0.4, label=kind)
+        right.bar(xs, [report[k][kind]["p50_ms"]["median"] for k in keys], 0.4, label=kind)
+    for axis, title in ((left, "throughput (inv/s)"), (right, "p50 latency (ms)")):
+        axis.set_xticks(range(len(keys)), [k.replace(" MAX_CONCURRENCY=", "\nM=") for k in keys],
+                        fontsize=7)
+        axis.set_title(title)
+        axis.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a few seconds, to prove it works")
+    parser.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 3)")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--docs", action="store_true", help="update docs/benchmarks.md and .png")
+    args = parser.parse_args()
+    report = run(args.quick, args.rounds or (1 if args.quick else 3))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(report, indent=2))
+    table = markdown(report)
+    (args.out / "results.md").write_text(table)
+    print(table)
+    if args.docs:
+        chart(report, REPO / "docs" / "benchmarks.png")
+        intro = (REPO / "docs" / "benchmarks.intro.md").read_text()
+        (REPO / "docs" / "benchmarks.md").write_text(
+            intro + "\n## Latest results\n\n" + table + "\n![chart](benchmarks.png)\n"
+        )
+
+
+if __name__ == "__main__":
+    main()
