@@ -84,7 +84,8 @@ def start(kind: str, runtime: list[str], concurrency: int,
     port = free_port()
     env = dict(os.environ, PORT=str(port), INVOKE_API_HOST="127.0.0.1",
                RUNTIME_API_PORT="0", MAX_CONCURRENCY=str(concurrency),
-               AWS_LAMBDA_FUNCTION_NAME="bench", **(extra_env or {}))
+               AWS_LAMBDA_FUNCTION_NAME="bench")
+    env.update(extra_env or {})
     if kind == "ours":
         command = [DAEMON, *runtime]
     else:

@@ -33,5 +33,9 @@ def setup_logging(level: str, structured: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # aiohttp's access and server chatter stays out of the function's log.
+    # Library chatter stays out of the function's log; the daemon reports what matters
+    # (a lost broker connection, a give-up) in its own words.
     logging.getLogger("aiohttp").setLevel(max(logging.WARNING, root.level))
+    quiet = root.level if root.level <= logging.DEBUG else logging.CRITICAL
+    for name in ("aiormq", "aio_pika"):
+        logging.getLogger(name).setLevel(quiet)

@@ -2,9 +2,8 @@
 
 Each builder returns one event in the shape the service sends (API Gateway REST and
 HTTP APIs, SQS, SNS, S3 object created, EventBridge schedule, DynamoDB Streams) with
-fresh ids and timestamps. The API Gateway events come from ``gateway``'s own event
-builders, so they are what the gateway front door would send. ``lambda-events``
-prints them.
+fresh ids and timestamps. The API Gateway events come from ``proxy_events``, the
+builders the gateway front door uses. ``lambda-events`` prints them.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from lambda_rapid.gateway import ApiContext, HttpRequest, event_v1, event_v2, proxy_match
+from lambda_rapid.proxy_events import ApiContext, HttpRequest, event_v1, event_v2, proxy_match
 
 REGION = "us-east-1"
 ACCOUNT_ID = "123456789012"
