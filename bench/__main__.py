@@ -78,21 +78,39 @@ class Server:
         return f"http://127.0.0.1:{self.port}/2015-03-31/functions/function/invocations"
 
 
-def start(kind: str, runtime: list[str], concurrency: int,
-          extra_env: dict[str, str] | None = None) -> Server:
+def start(
+    kind: str, runtime: list[str], concurrency: int, extra_env: dict[str, str] | None = None
+) -> Server:
     """Start the daemon ("ours") or the floor server with `runtime`."""
     port = free_port()
-    env = dict(os.environ, PORT=str(port), INVOKE_API_HOST="127.0.0.1",
-               RUNTIME_API_PORT="0", MAX_CONCURRENCY=str(concurrency),
-               AWS_LAMBDA_FUNCTION_NAME="bench")
+    env = dict(
+        os.environ,
+        PORT=str(port),
+        INVOKE_API_HOST="127.0.0.1",
+        RUNTIME_API_PORT="0",
+        MAX_CONCURRENCY=str(concurrency),
+        AWS_LAMBDA_FUNCTION_NAME="bench",
+    )
     env.update(extra_env or {})
     if kind == "ours":
         command = [DAEMON, *runtime]
     else:
-        command = [sys.executable, str(REPO / "bench" / "floor.py"), str(port),
-                   str(free_port()), str(concurrency), *runtime]
-    proc = subprocess.Popen(command, cwd=ECHO_DIR, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+        command = [
+            sys.executable,
+            str(REPO / "bench" / "floor.py"),
+            str(port),
+            str(free_port()),
+            str(concurrency),
+            *runtime,
+        ]
+    proc = subprocess.Popen(
+        command,
+        cwd=ECHO_DIR,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     wait_port(port, proc)
     return Server(proc, port)
 
@@ -108,8 +126,9 @@ def stop(server: Server) -> None:
 
 
 @contextmanager
-def running(kind: str, runtime: list[str], concurrency: int,
-            extra_env: dict[str, str] | None = None) -> Iterator[Server]:
+def running(
+    kind: str, runtime: list[str], concurrency: int, extra_env: dict[str, str] | None = None
+) -> Iterator[Server]:
     server = start(kind, runtime, concurrency, extra_env)
     try:
         yield server
@@ -126,7 +145,10 @@ def invoke(url: str, payload: bytes = b"{}") -> bytes:
 def load(url: str, concurrency: int, seconds: float) -> dict[str, float]:
     out = subprocess.run(
         [sys.executable, "-m", "bench.load", url, str(concurrency), str(seconds)],
-        cwd=REPO, capture_output=True, check=True, text=True,
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+        text=True,
     ).stdout
     result: dict[str, float] = json.loads(out)
     return result
@@ -136,8 +158,9 @@ def warm(server: Server, concurrency: int) -> None:
     load(server.url, concurrency, 0.5)
 
 
-def measure_load(kind: str, runtime: list[str], concurrency: int, instances: int,
-                 seconds: float) -> dict[str, float]:
+def measure_load(
+    kind: str, runtime: list[str], concurrency: int, instances: int, seconds: float
+) -> dict[str, float]:
     """CPU per invocation of the server process alone, plus throughput and latency."""
     with running(kind, runtime, instances) as server:
         warm(server, concurrency)
@@ -159,8 +182,12 @@ def measure_memory(kind: str, invocations: int) -> dict[str, float]:
         while done < invocations:
             done += int(load(server.url, 4, 1.0)["count"])
         after = rss_mb(server.proc.pid)
-    return {"idle_mb": idle, "loaded_mb": after, "growth_mb": after - after_warm,
-            "invocations": done}
+    return {
+        "idle_mb": idle,
+        "loaded_mb": after,
+        "growth_mb": after - after_warm,
+        "invocations": done,
+    }
 
 
 def measure_startup(kind: str) -> dict[str, float]:
@@ -192,9 +219,13 @@ def measure_amqp(concurrency: int, instances: int, seconds: float) -> dict[str, 
         rpc = rpc_load(BROKER, name, concurrency, seconds)
         results.update({f"rpc_{k}": v for k, v in rpc.items()})
         port = free_port()
-        server = subprocess.Popen([SERVER], env=dict(os.environ, PORT=str(port), AMQP_URI=BROKER),
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                  start_new_session=True)
+        server = subprocess.Popen(
+            [SERVER],
+            env=dict(os.environ, PORT=str(port), AMQP_URI=BROKER),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             wait_port(port, server)
             url = f"http://127.0.0.1:{port}/2015-03-31/functions/{name}/invocations"
@@ -229,14 +260,23 @@ def rounds(count: int, measure: Callable[[str], Stat]) -> dict[str, dict[str, di
 
 def run(quick: bool, count: int) -> dict[str, Any]:
     seconds = 1.0 if quick else 5.0
-    report: dict[str, Any] = {"quick": quick, "rounds": count, "when": time.strftime("%Y-%m-%d %H:%M")}
-    cases = [("raw", RAW, 1, 1), ("raw", RAW, 8, 4), ("awslambdaric", RIC, 1, 1),
-             ("awslambdaric", RIC, 8, 4)]
+    report: dict[str, Any] = {
+        "quick": quick,
+        "rounds": count,
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+    }
+    cases = [
+        ("raw", RAW, 1, 1),
+        ("raw", RAW, 8, 4),
+        ("awslambdaric", RIC, 1, 1),
+        ("awslambdaric", RIC, 8, 4),
+    ]
     for runtime_name, runtime, conc, instances in cases:
         key = f"{runtime_name} C={conc} MAX_CONCURRENCY={instances}"
         print(f"load: {key}", file=sys.stderr)
-        report[key] = rounds(count, lambda kind: measure_load(kind, runtime, conc, instances,
-                                                              seconds))
+        report[key] = rounds(
+            count, lambda kind: measure_load(kind, runtime, conc, instances, seconds)
+        )
     print("memory", file=sys.stderr)
     report["memory"] = rounds(1, lambda kind: measure_memory(kind, 2000 if quick else 20000))
     print("start-up", file=sys.stderr)
@@ -255,29 +295,52 @@ def ratio(report: dict[str, Any], section: str, metric: str) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = [f"Measured {report['when']}, {report['rounds']} round(s), quick={report['quick']}.",
-             "Each cell: ours median (min..max) / floor median = ratio.", "",
-             "| case | daemon CPU µs/inv | inv/s | p50 ms | p99 ms | RSS MB |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"Measured {report['when']}, {report['rounds']} round(s), quick={report['quick']}.",
+        "Each cell: ours median (min..max) / floor median = ratio.",
+        "",
+        "| case | daemon CPU µs/inv | inv/s | p50 ms | p99 ms | RSS MB |",
+        "|---|---|---|---|---|---|",
+    ]
     for key in report:
         if "C=" in key:
-            cells = [ratio(report, key, m) for m in ("cpu_us", "rate", "p50_ms", "p99_ms",
-                                                     "rss_mb")]
+            cells = [
+                ratio(report, key, m) for m in ("cpu_us", "rate", "p50_ms", "p99_ms", "rss_mb")
+            ]
             lines.append(f"| {key} | " + " | ".join(cells) + " |")
-    lines += ["", "| memory | idle MB | after load MB | growth MB |", "|---|---|---|---|",
-              "| raw runtime | " + " | ".join(ratio(report, "memory", m)
-                                              for m in ("idle_mb", "loaded_mb", "growth_mb"))
-              + " |",
-              "", "| start-up | Invoke API listening ms | first invocation ms |", "|---|---|---|",
-              "| raw runtime | " + " | ".join(ratio(report, "startup", m)
-                                              for m in ("listen_ms", "first_ms")) + " |"]
+    lines += [
+        "",
+        "| memory | idle MB | after load MB | growth MB |",
+        "|---|---|---|---|",
+        "| raw runtime | "
+        + " | ".join(ratio(report, "memory", m) for m in ("idle_mb", "loaded_mb", "growth_mb"))
+        + " |",
+        "",
+        "| start-up | Invoke API listening ms | first invocation ms |",
+        "|---|---|---|",
+        "| raw runtime | "
+        + " | ".join(ratio(report, "startup", m) for m in ("listen_ms", "first_ms"))
+        + " |",
+    ]
     if "amqp" in report:
-        lines += ["", "| AMQP | RPC inv/s | RPC p50 ms | RPC p99 ms | lambda-server inv/s | "
-                  "lambda-server p50 ms | lambda-server p99 ms |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| AMQP | RPC inv/s | RPC p50 ms | RPC p99 ms | lambda-server inv/s | "
+            "lambda-server p50 ms | lambda-server p99 ms |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for key, values in report["amqp"].items():
-            cells = [f"{values[m]:.3g}" for m in ("rpc_rate", "rpc_p50_ms", "rpc_p99_ms",
-                                                   "server_rate", "server_p50_ms",
-                                                   "server_p99_ms")]
+            cells = [
+                f"{values[m]:.3g}"
+                for m in (
+                    "rpc_rate",
+                    "rpc_p50_ms",
+                    "rpc_p99_ms",
+                    "server_rate",
+                    "server_p50_ms",
+                    "server_p99_ms",
+                )
+            ]
             lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -295,8 +358,9 @@ def chart(report: dict[str, Any], path: Path) -> None:
         left.bar(xs, [report[k][kind]["rate"]["median"] for k in keys], 0.4, label=kind)
         right.bar(xs, [report[k][kind]["p50_ms"]["median"] for k in keys], 0.4, label=kind)
     for axis, title in ((left, "throughput (inv/s)"), (right, "p50 latency (ms)")):
-        axis.set_xticks(range(len(keys)), [k.replace(" MAX_CONCURRENCY=", "\nM=") for k in keys],
-                        fontsize=7)
+        axis.set_xticks(
+            range(len(keys)), [k.replace(" MAX_CONCURRENCY=", "\nM=") for k in keys], fontsize=7
+        )
         axis.set_title(title)
         axis.legend()
     fig.tight_layout()

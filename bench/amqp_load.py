@@ -33,8 +33,11 @@ async def _run(url: str, queue: str, concurrency: int, seconds: float) -> dict[s
             future = futures[correlation_id] = loop.create_future()
             started = time.perf_counter()
             await channel.default_exchange.publish(
-                aio_pika.Message(PAYLOAD, correlation_id=correlation_id,
-                                 reply_to="amq.rabbitmq.reply-to"), queue)
+                aio_pika.Message(
+                    PAYLOAD, correlation_id=correlation_id, reply_to="amq.rabbitmq.reply-to"
+                ),
+                queue,
+            )
             await asyncio.wait_for(future, 30)
             latencies.append(time.perf_counter() - started)
 
@@ -44,9 +47,12 @@ async def _run(url: str, queue: str, concurrency: int, seconds: float) -> dict[s
     await connection.close()
     latencies.sort()
     count = len(latencies)
-    return {"count": count, "rate": count / elapsed,
-            "p50_ms": latencies[count // 2] * 1000,
-            "p99_ms": latencies[min(count - 1, int(count * 0.99))] * 1000}
+    return {
+        "count": count,
+        "rate": count / elapsed,
+        "p50_ms": latencies[count // 2] * 1000,
+        "p99_ms": latencies[min(count - 1, int(count * 0.99))] * 1000,
+    }
 
 
 def rpc_load(url: str, queue: str, concurrency: int, seconds: float) -> dict[str, float]:

@@ -72,8 +72,14 @@ class Http(asyncio.Protocol):
     def reply(self, status: bytes, body: bytes, extra: bytes = b"") -> None:
         assert self.transport is not None
         self.transport.write(
-            b"HTTP/1.1 " + status + b"\r\nContent-Length: " + str(len(body)).encode()
-            + b"\r\n" + extra + b"\r\n" + body
+            b"HTTP/1.1 "
+            + status
+            + b"\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n"
+            + extra
+            + b"\r\n"
+            + body
         )
 
     async def handle(self, method: bytes, path: bytes, body: bytes) -> None:
@@ -98,11 +104,17 @@ class Http(asyncio.Protocol):
                 broker.waiting_runtimes.append(waiter)
                 request_id, payload = await waiter
             deadline = str(int(time.time() * 1000) + 3000).encode()
-            self.reply(b"200 OK", payload,
-                       b"Lambda-Runtime-Aws-Request-Id: " + request_id.encode()
-                       + b"\r\nLambda-Runtime-Deadline-Ms: " + deadline
-                       + b"\r\nLambda-Runtime-Invoked-Function-Arn: " + ARN
-                       + b"\r\nContent-Type: application/json\r\n")
+            self.reply(
+                b"200 OK",
+                payload,
+                b"Lambda-Runtime-Aws-Request-Id: "
+                + request_id.encode()
+                + b"\r\nLambda-Runtime-Deadline-Ms: "
+                + deadline
+                + b"\r\nLambda-Runtime-Invoked-Function-Arn: "
+                + ARN
+                + b"\r\nContent-Type: application/json\r\n",
+            )
         else:
             request_id = path.split(b"/")[-2].decode()
             broker.running.pop(request_id).set_result(body)

@@ -15,8 +15,9 @@ import urllib.parse
 PAYLOAD = json.dumps({"data": "x" * 1000}).encode()
 
 
-async def worker(host: str, port: int, path: str, stop_at: float,
-                 latencies: list[float], errors: list[int]) -> None:
+async def worker(
+    host: str, port: int, path: str, stop_at: float, latencies: list[float], errors: list[int]
+) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     request = (
         f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
@@ -45,11 +46,19 @@ async def run(url: str, concurrency: int, seconds: float) -> dict[str, float]:
     errors: list[int] = []
     started = time.perf_counter()
     stop_at = started + seconds
-    await asyncio.gather(*(
-        worker(parts.hostname or "127.0.0.1", parts.port or 80, parts.path, stop_at,
-               latencies, errors)
-        for _ in range(concurrency)
-    ))
+    await asyncio.gather(
+        *(
+            worker(
+                parts.hostname or "127.0.0.1",
+                parts.port or 80,
+                parts.path,
+                stop_at,
+                latencies,
+                errors,
+            )
+            for _ in range(concurrency)
+        )
+    )
     elapsed = time.perf_counter() - started
     latencies.sort()
     count = len(latencies)

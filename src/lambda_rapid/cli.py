@@ -6,9 +6,9 @@ A bad setting ends the program with one line naming it and exit status 2.
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from lambda_rapid.config import (
     ConfigError,
@@ -17,10 +17,16 @@ from lambda_rapid.config import (
     daemon_config,
     server_config,
 )
-from lambda_rapid.daemon import Daemon
-from lambda_rapid.lambda_server import LambdaServer
 from lambda_rapid.log import setup_logging
-from lambda_rapid.sample_events import render as render_sample_event
+
+
+def run(main: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop when it is installed (it is a dependency on Linux), else asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def fail(message: str, prog: str = "lambda-runtime-api-daemon") -> None:
@@ -36,7 +42,7 @@ def daemon_main(argv: Sequence[str] | None = None) -> None:
         return
     setup_logging(config.log_level, config.structured_logging)
     try:
-        status = asyncio.run(_serve(config))
+        status = run(_serve(config))
     except ConfigError as error:
         fail(str(error))
     except KeyboardInterrupt:
@@ -45,6 +51,8 @@ def daemon_main(argv: Sequence[str] | None = None) -> None:
 
 
 async def _serve(config: DaemonConfig) -> int:
+    from lambda_rapid.daemon import Daemon  # imported here: start-up time counts
+
     return await Daemon(config).serve()
 
 
@@ -56,7 +64,7 @@ def server_main(argv: Sequence[str] | None = None) -> None:
         return
     setup_logging(config.log_level, config.structured_logging)
     try:
-        status = asyncio.run(_serve_server(config))
+        status = run(_serve_server(config))
     except ConfigError as error:
         fail(str(error), "lambda-server")
     except KeyboardInterrupt:
@@ -65,13 +73,6 @@ def server_main(argv: Sequence[str] | None = None) -> None:
 
 
 async def _serve_server(config: ServerConfig) -> int:
+    from lambda_rapid.lambda_server import LambdaServer
+
     return await LambdaServer(config).serve()
-
-
-def events_main(argv: Sequence[str] | None = None) -> None:
-    event = render_sample_event(sys.argv[1:] if argv is None else argv)
-    try:
-        print(event, flush=True)
-    except BrokenPipeError:
-        # The reader (e.g. `head`) left early; say nothing more.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

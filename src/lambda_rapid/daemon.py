@@ -13,15 +13,18 @@ import contextlib
 import logging
 import signal
 import time
+from typing import TYPE_CHECKING
 
-from lambda_rapid.amqp import BrokerUnavailable, RpcConsumer
 from lambda_rapid.config import DaemonConfig
 from lambda_rapid.dispatcher import Dispatcher
-from lambda_rapid.gateway import gateway_for
 from lambda_rapid.invoke_api import InvokeApi, LocalBackend
 from lambda_rapid.pool import Pool
 from lambda_rapid.reports import Reporter
 from lambda_rapid.runtime_api import RuntimeApi
+
+if TYPE_CHECKING:
+    from lambda_rapid.amqp import RpcConsumer
+    from lambda_rapid.gateway import Gateway
 
 logger = logging.getLogger(__name__)
 
@@ -39,15 +42,31 @@ class Daemon:
         self.dispatcher = Dispatcher(config, reporter)
         self.runtime_api = RuntimeApi(config, self.dispatcher)
         self.pool = Pool(config, self.runtime_api.addresses, self.dispatcher.on_instance_exit)
-        self.consumer = RpcConsumer(config, self.dispatcher.submit) if config.amqp else None
+        self.consumer = self._amqp_consumer()
         self.backend = LocalBackend(
             config, self.dispatcher, self.consumer.publish_event if self.consumer else None
         )
         self.invoke_api = InvokeApi(
             config.invoke_api_host, config.port, config.timeout, self.backend
         )
-        self.gateway = gateway_for(config, self.backend, config.function_name)
+        self.gateway = self._gateway()
         self._consuming: asyncio.Task[None] | None = None
+
+    def _amqp_consumer(self) -> RpcConsumer | None:
+        if self.config.amqp is None:
+            return None
+        # Imported only with a broker configured: it is most of the start-up time.
+        from lambda_rapid.amqp import RpcConsumer
+
+        return RpcConsumer(self.config, self.dispatcher.submit)
+
+    def _gateway(self) -> Gateway | None:
+        if self.config.gateway_port is None:
+            return None
+        # Imported only when the gateway is on: aiohttp is a large part of the start-up time.
+        from lambda_rapid.gateway import gateway_for
+
+        return gateway_for(self.config, self.backend, self.config.function_name)
 
     async def serve(self) -> int:
         """Run until told to stop; the exit status (1 when the broker was given up on)."""
@@ -61,7 +80,7 @@ class Daemon:
         if self._consuming is not None and self._consuming.done():
             error = self._consuming.exception()
             logger.error("giving up: %s", error)
-            status = 1 if isinstance(error, BrokerUnavailable) else 2
+            status = 1 if type(error).__name__ == "BrokerUnavailable" else 2
         stop.cancel()
         await self.shutdown()
         return status

@@ -23,8 +23,6 @@ from lambda_rapid.reports import Reporter
 
 logger = logging.getLogger(__name__)
 
-TAIL_SETTLE_SECONDS = 0.005
-
 
 def shutdown_result() -> InvocationResult:
     body = function_error_body("Runtime.ExitError", "The daemon is shutting down")
@@ -65,10 +63,11 @@ class Dispatcher:
 
     # -- the caller's side ------------------------------------------------------------
 
-    async def submit(self, invocation: Invocation) -> InvocationResult:
-        """Run an invocation and wait for its result (never raises for function failures)."""
+    def submit(self, invocation: Invocation) -> asyncio.Future[InvocationResult]:
+        """Run an invocation; its future gets the result (never an exception)."""
         if self._closed:
-            return shutdown_result()
+            invocation.finish(shutdown_result())
+            return invocation.future
         loop = asyncio.get_running_loop()
         delay = invocation.deadline_epoch - time.time()
         self._timers[invocation] = loop.call_later(max(delay, 0), self._on_deadline, invocation)
@@ -77,7 +76,7 @@ class Dispatcher:
         else:
             self._queue.append(invocation)
             self._spawn_if_needed()
-        return await invocation.future
+        return invocation.future
 
     def _spawn_if_needed(self) -> None:
         pool = self.pool
@@ -96,8 +95,8 @@ class Dispatcher:
 
     # -- the runtime's side -------------------------------------------------------------
 
-    async def next_invocation(self, instance: Instance) -> Invocation:
-        """The runtime's /next: the head of the queue, or wait for the next arrival."""
+    def next_invocation(self, instance: Instance) -> Invocation | asyncio.Future[Invocation]:
+        """The runtime's /next: the head of the queue, or a future for the next arrival."""
         instance.ready()
         while self._queue:
             invocation = self._queue.popleft()
@@ -107,7 +106,7 @@ class Dispatcher:
         waiter: asyncio.Future[Invocation] = asyncio.get_running_loop().create_future()
         instance.waiter = waiter
         self._idle.append(instance)
-        return await waiter
+        return waiter
 
     def complete(
         self,
@@ -118,13 +117,10 @@ class Dispatcher:
     ) -> None:
         """The runtime answered (response or error) for `request_id`."""
         invocation = instance.answer(request_id)
-        if invocation.log is None:
-            self._finish(instance, invocation, result, status)
-        else:
-            # Output the runtime wrote just before answering may still be in its pipes.
-            asyncio.get_running_loop().call_later(
-                TAIL_SETTLE_SECONDS, self._finish, instance, invocation, result, status
-            )
+        if self._reporter.wanted(invocation):
+            # What the runtime printed just before answering belongs before END.
+            self.pool.drain_output(instance)
+        self._finish(instance, invocation, result, status)
 
     def _finish(
         self,
@@ -142,6 +138,7 @@ class Dispatcher:
             instance.log = None
         if invocation.log is not None:
             result.log_tail = log_tail(invocation.log)
+        result.executed_version = self._config.function_version
         invocation.finish(result)
 
     def init_failed(self, instance: Instance, error_type: str, body: bytes) -> None:
@@ -168,8 +165,6 @@ class Dispatcher:
             timeout_error(invocation.request_id, invocation.timeout), "Sandbox.Timedout"
         )
         instance = self._running.get(invocation.request_id)
-        if instance is not None and instance.current is not invocation:
-            return  # answered; its result is settling (log tail)
         if instance is None:  # still waiting for an instance
             self._queue.remove(invocation)
             invocation.finish(result)
@@ -177,6 +172,8 @@ class Dispatcher:
         logger.info("invocation %s timed out; stopping its instance", invocation.request_id)
         instance.answer(invocation.request_id)
         instance.stopping()
+        if self._reporter.wanted(invocation):
+            self.pool.drain_output(instance)
         self._finish(instance, invocation, result, "timeout")
         self.pool.kill(instance)
 

@@ -67,6 +67,10 @@ class MethodNotAllowed(InvokeError):
     error_kind = "User"
 
 
+class ServiceException(InvokeError):
+    """A fault of the daemon itself (never expected)."""
+
+
 class ServiceUnavailable(InvokeError):
     """The daemon is shutting down; SDKs retry a 503."""
 

@@ -223,7 +223,7 @@ class Gateway:
         )
         self._accepting = True
         self._runner: web.AppRunner | None = None
-        self._calls: set[asyncio.Task[InvocationResult]] = set()
+        self._calls: set[asyncio.Future[InvocationResult]] = set()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_GATEWAY_PAYLOAD)
@@ -305,12 +305,12 @@ class Gateway:
             trace_id=trace,
         )
         # The function keeps running after the integration timeout, as behind API Gateway.
-        call = asyncio.get_running_loop().create_task(self._backend.invoke(target, invocation))
+        call = asyncio.ensure_future(self._backend.invoke(target, invocation))
         self._calls.add(call)
         call.add_done_callback(self._on_call_done)
         return await asyncio.wait_for(asyncio.shield(call), self._options.timeout)
 
-    def _on_call_done(self, call: asyncio.Task[InvocationResult]) -> None:
+    def _on_call_done(self, call: asyncio.Future[InvocationResult]) -> None:
         self._calls.discard(call)
         if not call.cancelled() and call.exception() is not None:
             logger.debug("invocation ended with %r", call.exception())

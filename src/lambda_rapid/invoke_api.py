@@ -13,12 +13,11 @@ import asyncio
 import base64
 import logging
 import time
+import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
-
-from aiohttp import web
+from typing import Protocol, TypeVar
 
 from lambda_rapid.config import ConfigError, DaemonConfig
 from lambda_rapid.dispatcher import Dispatcher
@@ -30,9 +29,11 @@ from lambda_rapid.errors import (
     MethodNotAllowed,
     RequestTooLarge,
     ResourceNotFound,
+    ServiceException,
     ServiceUnavailable,
     UnknownOperation,
 )
+from lambda_rapid.httpserver import HttpServer, Request, Response
 from lambda_rapid.invocation import (
     Invocation,
     InvocationResult,
@@ -52,18 +53,19 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-INVOKE_PATH = "/2015-03-31/functions/{function_name}/invocations"
+INVOKE_PREFIX = "/2015-03-31/functions/"
+INVOKE_SUFFIX = "/invocations"
 GENERIC_NAME = "function"  # the emulator's fixed name, accepted for compatibility
 INVOCATION_TYPES = ("RequestResponse", "Event", "DryRun")
 EMPTY_EVENT = b"{}"
 
 
-def render_error(error: InvokeError, request_id: str | None = None) -> web.Response:
+def render_error(error: InvokeError, request_id: str | None = None) -> Response:
     """One AWS error answer: status, x-amzn-ErrorType, JSON body."""
-    return web.Response(
-        status=error.status,
-        body=error.body(),
-        headers={
+    return Response(
+        error.status,
+        error.body(),
+        {
             "x-amzn-ErrorType": error.code,
             "x-amzn-RequestId": request_id or str(uuid.uuid4()),
             "Content-Type": "application/json",
@@ -138,11 +140,11 @@ class Backend(Protocol):
 
     def resolve(self, function_name: str, qualifier: str | None) -> Target: ...
 
-    async def invoke(self, target: Target, invocation: Invocation) -> InvocationResult: ...
+    def invoke(self, target: Target, invocation: Invocation) -> Awaitable[InvocationResult]: ...
 
-    async def enqueue(self, target: Target, invocation: Invocation) -> None: ...
+    def enqueue(self, target: Target, invocation: Invocation) -> Awaitable[None]: ...
 
-    async def dry_run(self, target: Target) -> None: ...
+    def dry_run(self, target: Target) -> Awaitable[None]: ...
 
 
 EventSink = Callable[[Invocation], Awaitable[None]]
@@ -168,10 +170,9 @@ class LocalBackend:
     def resolve(self, function_name: str, qualifier: str | None) -> Target:
         return self._resolver.resolve(function_name, qualifier)
 
-    async def invoke(self, target: Target, invocation: Invocation) -> InvocationResult:
-        result = await self._dispatcher.submit(invocation)
-        result.executed_version = self._version
-        return result
+    def invoke(self, target: Target, invocation: Invocation) -> Awaitable[InvocationResult]:
+        # The dispatcher's future itself: no task on the hot path.
+        return self._dispatcher.submit(invocation)
 
     async def enqueue(self, target: Target, invocation: Invocation) -> None:
         if self._durable_events is not None:
@@ -210,22 +211,12 @@ class InvokeApi:
         self._timeout = timeout
         self._backend = backend
         self._accepting = True
-        self._runner: web.AppRunner | None = None
-
-    def app(self) -> web.Application:
-        # The size check is ours (to answer as AWS does), so aiohttp's limit is set above it.
-        app = web.Application(client_max_size=MAX_REQUEST_PAYLOAD + 1)
-        app.router.add_route("*", INVOKE_PATH, self.invoke)
-        app.router.add_route("*", "/{tail:.*}", self.unknown_route)
-        return app
+        # The size check is ours (to answer as AWS does), so the server's cap is above it.
+        self._server = HttpServer(self.handle, internal_error, MAX_REQUEST_PAYLOAD + 1)
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(
-            self.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0
-        )
-        await self._runner.setup()
         try:
-            await web.TCPSite(self._runner, self._host, self._port).start()
+            await self._server.listen(self._host, self._port)
         except OSError as error:
             raise ConfigError(
                 f"cannot listen on INVOKE_API_HOST:PORT {self._host}:{self._port}: "
@@ -236,63 +227,111 @@ class InvokeApi:
         self._accepting = False
 
     async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        self._server.close()
 
-    async def unknown_route(self, request: web.Request) -> web.Response:
-        return render_error(UnknownOperation(f"Unknown operation: {request.method} {request.path}"))
-
-    async def invoke(self, request: web.Request) -> web.StreamResponse:
+    def handle(self, request: Request) -> Response | Awaitable[Response]:
+        """Route one request: the invoke path, or AWS's answer for anything else."""
+        path = request.path
+        if not (path.startswith(INVOKE_PREFIX) and path.endswith(INVOKE_SUFFIX)):
+            error: InvokeError = UnknownOperation(f"Unknown operation: {request.method} {path}")
+            return render_error(error)
         request_id = str(uuid.uuid4())
         if request.method != "POST":
             error = MethodNotAllowed(f"Method {request.method} is not allowed for Invoke")
             return render_error(error, request_id)
+        function_name = urllib.parse.unquote(path[len(INVOKE_PREFIX) : -len(INVOKE_SUFFIX)])
         try:
             if not self._accepting:
                 raise ServiceUnavailable("The function is shutting down")
-            return await self._invoke(request, request_id)
+            return self._invoke(request, request_id, function_name)
         except InvokeError as error:
             return render_error(error, request_id)
 
-    async def _invoke(self, request: web.Request, request_id: str) -> web.StreamResponse:
+    def _invoke(
+        self, request: Request, request_id: str, function_name: str
+    ) -> Response | Awaitable[Response]:
         headers = request.headers
-        invocation_type = headers.get("X-Amz-Invocation-Type", "RequestResponse")
+        invocation_type = headers.get("x-amz-invocation-type", "RequestResponse")
         if invocation_type not in INVOCATION_TYPES:
             raise InvalidParameterValue(
                 f"Invalid InvocationType: {invocation_type!r}; expected one of "
                 + ", ".join(INVOCATION_TYPES)
             )
-        log_type = headers.get("X-Amz-Log-Type", "None")
+        log_type = headers.get("x-amz-log-type", "None")
         if log_type not in ("None", "Tail"):
             raise InvalidParameterValue(f"Invalid LogType: {log_type!r}; expected None or Tail")
-        target = self._backend.resolve(
-            request.match_info["function_name"], request.query.get("Qualifier")
-        )
+        target = self._backend.resolve(function_name, qualifier_of(request.query))
         limit = MAX_EVENT_PAYLOAD if invocation_type == "Event" else MAX_REQUEST_PAYLOAD
-        payload = await read_payload(request, limit)
-        client_context = decode_client_context(headers.get("X-Amz-Client-Context"))
+        payload = checked_payload(request, limit)
+        client_context = decode_client_context(headers.get("x-amz-client-context"))
         if invocation_type == "DryRun":
-            await self._backend.dry_run(target)
-            return web.Response(status=204, headers={"x-amzn-RequestId": request_id})
+            return then(self._backend.dry_run(target), lambda _: accepted(204, request_id))
         invocation = Invocation(
             request_id=request_id,
             payload=payload,
             timeout=self._timeout,
             invoked_arn=target.invoked_arn,
-            trace_id=headers.get("X-Amzn-Trace-Id") or new_trace_id(),
+            trace_id=headers.get("x-amzn-trace-id") or new_trace_id(),
             client_context=client_context,
-            cognito_identity=headers.get("X-Amz-Cognito-Identity"),
-            tenant_id=headers.get("X-Amz-Tenant-Id"),
+            cognito_identity=headers.get("x-amz-cognito-identity"),
+            tenant_id=headers.get("x-amz-tenant-id"),
             want_log_tail=log_type == "Tail" and invocation_type == "RequestResponse",
         )
         if invocation_type == "Event":
-            await self._backend.enqueue(target, invocation)
-            return web.Response(status=202, headers={"x-amzn-RequestId": request_id})
-        result = await self._backend.invoke(target, invocation)
-        return render_result(request_id, result)
+            return then(
+                self._backend.enqueue(target, invocation), lambda _: accepted(202, request_id)
+            )
+        return then(
+            self._backend.invoke(target, invocation),
+            lambda result: render_result(request_id, result),
+        )
 
 
-def render_result(request_id: str, result: InvocationResult) -> web.Response:
+T = TypeVar("T")
+
+
+def then(awaitable: Awaitable[T], render: Callable[[T], Response]) -> asyncio.Future[Response]:
+    """The response rendered from `awaitable`'s result, or from the InvokeError it raised.
+
+    A future (the dispatcher's) is chained by callback; anything else runs as a task.
+    """
+    source = asyncio.ensure_future(awaitable)
+    answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+
+    def on_done(done: asyncio.Future[T]) -> None:
+        if answer.done():
+            return
+        if done.cancelled():
+            answer.cancel()
+            return
+        error = done.exception()
+        if isinstance(error, InvokeError):
+            answer.set_result(render_error(error))
+        elif error is not None:
+            answer.set_exception(error)
+        else:
+            answer.set_result(render(done.result()))
+
+    source.add_done_callback(on_done)
+    return answer
+
+
+def accepted(status: int, request_id: str) -> Response:
+    return Response(status, b"", {"x-amzn-RequestId": request_id})
+
+
+def internal_error(error: Exception) -> Response:
+    return render_error(ServiceException("An internal error occurred"))
+
+
+def qualifier_of(query: str) -> str | None:
+    if not query:
+        return None
+    values = urllib.parse.parse_qs(query).get("Qualifier")
+    return values[-1] if values else None
+
+
+def render_result(request_id: str, result: InvocationResult) -> Response:
     headers = {
         "x-amzn-RequestId": request_id,
         "X-Amz-Executed-Version": result.executed_version,
@@ -302,22 +341,15 @@ def render_result(request_id: str, result: InvocationResult) -> web.Response:
         headers["X-Amz-Function-Error"] = "Unhandled"
     if result.log_tail is not None:
         headers["X-Amz-Log-Result"] = base64.b64encode(result.log_tail).decode()
-    return web.Response(body=result.body, headers=headers)
+    return Response(200, result.body, headers)
 
 
-async def read_payload(request: web.Request, limit: int) -> bytes:
+def checked_payload(request: Request, limit: int) -> bytes:
     """The request body, checked as Lambda checks it (size, JSON)."""
-    size = request.content_length
-    if size is not None and size > limit:
+    if request.body_too_large or request.body_size > limit:
         raise RequestTooLarge(
             f"Request must be smaller than {limit} bytes for the Invoke operation"
         )
-    try:
-        payload = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise RequestTooLarge(
-            f"Request must be smaller than {limit} bytes for the Invoke operation"
-        ) from None
-    check_payload(payload, limit)
+    check_payload(request.body, limit)
     # Lambda hands a function invoked without a payload the empty object.
-    return payload or EMPTY_EVENT
+    return request.body or EMPTY_EVENT

@@ -17,10 +17,11 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from typing import cast
 
 from lambda_rapid.config import DaemonConfig, instance_environ
 from lambda_rapid.instance import Instance, State
-from lambda_rapid.output import STDERR, STDOUT, LineBuffer
+from lambda_rapid.output import STDERR, STDOUT, OutputPipe, open_output_pipe
 
 logger = logging.getLogger(__name__)
 
@@ -48,35 +49,31 @@ def describe_exit(returncode: int) -> str | None:
 
 
 class InstanceProcess(asyncio.SubprocessProtocol):
-    """Receives one runtime process's output and exit."""
+    """Receives one runtime process's exit; its output comes through its OutputPipes."""
 
-    def __init__(self, instance: Instance, on_exit: Callable[[InstanceProcess], None]) -> None:
+    def __init__(
+        self,
+        instance: Instance,
+        pipes: tuple[OutputPipe, OutputPipe],
+        on_exit: Callable[[InstanceProcess], None],
+    ) -> None:
         self.instance = instance
+        self.pipes = pipes
         self.on_exit = on_exit
         self.transport: asyncio.SubprocessTransport | None = None
-        self.buffers = {1: LineBuffer(STDOUT), 2: LineBuffer(STDERR)}
         self.exited = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.SubprocessTransport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.SubprocessTransport subclasses.
+        self.transport = cast(asyncio.SubprocessTransport, transport)
 
-    def pipe_data_received(self, fd: int, data: bytes) -> None:
-        lines = self.buffers[fd].feed(data)
-        self._capture(lines)
-
-    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
-        self._capture(self.buffers[fd].flush())
-
-    def _capture(self, lines: bytes) -> None:
-        log = self.instance.log
-        if lines and log is not None:
-            log += lines
+    def drain_output(self) -> None:
+        for pipe in self.pipes:
+            pipe.drain()
 
     def process_exited(self) -> None:
         assert self.transport is not None
-        for buffer in self.buffers.values():
-            self._capture(buffer.flush())
+        self.drain_output()
         if not self.exited.done():
             self.exited.set_result(self.transport.get_returncode())
         self.on_exit(self)
@@ -124,13 +121,19 @@ class Pool:
     async def _start(self, instance: Instance) -> None:
         env = instance_environ(self._config, instance.runtime_api, instance.log_stream)
         loop = asyncio.get_running_loop()
+
+        def log_of() -> bytearray | None:
+            return instance.log
+
+        stdout, stdout_fd = await open_output_pipe(STDOUT, log_of)
+        stderr, stderr_fd = await open_output_pipe(STDERR, log_of)
         try:
             _, protocol = await loop.subprocess_exec(
-                lambda: InstanceProcess(instance, self._process_exited),
+                lambda: InstanceProcess(instance, (stdout, stderr), self._process_exited),
                 *self._config.command,
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+                stdout=stdout_fd,
+                stderr=stderr_fd,
                 env=env,
                 start_new_session=True,
             )
@@ -139,6 +142,10 @@ class Pool:
             self._forget(instance)
             self._on_exit(instance, f"{exc.strerror or exc}")
             return
+        finally:
+            # The runtime holds the write ends now; ours would keep the pipes from closing.
+            os.close(stdout_fd)
+            os.close(stderr_fd)
         assert protocol.transport is not None
         instance.pid = protocol.transport.get_pid()
         self._processes[instance] = protocol
@@ -169,6 +176,12 @@ class Pool:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):  # already gone
             os.killpg(instance.pid, signum)
+
+    def drain_output(self, instance: Instance) -> None:
+        """Take in the output an instance has written so far (before its END line)."""
+        process = self._processes.get(instance)
+        if process is not None:
+            process.drain_output()
 
     def kill(self, instance: Instance) -> None:
         """SIGKILL the instance's whole process group at once (timeouts, failed inits)."""

@@ -12,7 +12,9 @@ import argparse
 import base64
 import hashlib
 import json
+import os
 import secrets
+import sys
 import time
 import urllib.parse
 import uuid
@@ -261,3 +263,13 @@ def render(argv: Sequence[str]) -> str:
     builder, options, _ = KINDS[args["kind"]]
     given = {name: args[name] for name in options if args.get(name) is not None}
     return json.dumps(builder(**given), indent=2)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The `lambda-events` console script."""
+    event = render(sys.argv[1:] if argv is None else argv)
+    try:
+        print(event, flush=True)
+    except BrokenPipeError:
+        # The reader (e.g. `head`) left early; say nothing more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

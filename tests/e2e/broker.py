@@ -172,7 +172,11 @@ def wait_for_message(url: str, queue: str, timeout: float = 30) -> tuple[Any, by
 
 
 def publish_event(
-    url: str, queue: str, event: Any, *, message_id: str | None = None,
+    url: str,
+    queue: str,
+    event: Any,
+    *,
+    message_id: str | None = None,
     headers: dict[str, Any] | None = None,
 ) -> str:
     """Publish an Event invocation (no reply_to), persistent, with confirms; its message id."""
@@ -212,7 +216,8 @@ def pika_rpc(
         channel = connection.channel()
         replies: list[tuple[Any, bytes]] = []
         channel.basic_consume(
-            DIRECT_REPLY_TO, lambda _ch, _m, props, body: replies.append((props, body)),
+            DIRECT_REPLY_TO,
+            lambda _ch, _m, props, body: replies.append((props, body)),
             auto_ack=True,
         )
         channel.basic_publish(
@@ -254,7 +259,10 @@ def close_broker_connections(pids: list[int], reason: str = "test") -> int:
     assert ports, f"processes {pids} have no broker connection"
     listing = subprocess.run(
         ["rabbitmqctl", "-q", "list_connections", "pid", "peer_port"],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout
     closed = 0
     for line in listing.splitlines():
@@ -262,7 +270,9 @@ def close_broker_connections(pids: list[int], reason: str = "test") -> int:
         if len(fields) == 2 and fields[1].isdigit() and int(fields[1]) in ports:
             subprocess.run(
                 ["rabbitmqctl", "-q", "close_connection", fields[0], reason],
-                capture_output=True, timeout=60, check=True,
+                capture_output=True,
+                timeout=60,
+                check=True,
             )
             closed += 1
     assert closed, f"the broker lists none of the connections from ports {ports}:\n{listing}"
@@ -322,9 +332,7 @@ def wait_consuming(daemon: Daemon, times: int = 1, timeout: float = 30) -> None:
 
     def consuming() -> bool:
         if daemon.proc.poll() is not None:
-            raise AssertionError(
-                f"daemon exited with {daemon.proc.returncode}:\n{daemon.stderr()}"
-            )
+            raise AssertionError(f"daemon exited with {daemon.proc.returncode}:\n{daemon.stderr()}")
         return count_lines(daemon.stderr(), "consuming queue") >= times
 
     assert wait_for(consuming, timeout), (
@@ -357,8 +365,13 @@ def amqp_daemon(names: Names, start_daemon: Any) -> Iterator[Callable[..., Daemo
     started: list[tuple[Daemon, bool]] = []
 
     def start(
-        name: str, env: dict[str, str] | None = None, *, uri: str | None = None,
-        consuming: bool = True, check_exit: bool = True, **kwargs: Any,
+        name: str,
+        env: dict[str, str] | None = None,
+        *,
+        uri: str | None = None,
+        consuming: bool = True,
+        check_exit: bool = True,
+        **kwargs: Any,
     ) -> Daemon:
         full_env = {
             "AWS_LAMBDA_FUNCTION_NAME": name,
@@ -405,8 +418,12 @@ class Server:
         return (self.log_dir / "stderr").read_text(errors="replace")
 
     def request(
-        self, method: str, path: str, body: bytes | None = None,
-        headers: dict[str, str] | None = None, timeout: float = 60,
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 60,
     ) -> Response:
         req = urllib.request.Request(
             self.url + path, data=body, method=method, headers=headers or {}
@@ -418,7 +435,11 @@ class Server:
             return Response(err.code, dict(err.headers), err.read())
 
     def invoke(
-        self, name: str, payload: Any = None, *, headers: dict[str, str] | None = None,
+        self,
+        name: str,
+        payload: Any = None,
+        *,
+        headers: dict[str, str] | None = None,
         timeout: float = 60,
     ) -> Response:
         path = f"/2015-03-31/functions/{name}/invocations"
@@ -469,18 +490,24 @@ def start_server(names: Names, tmp_path: Path) -> Iterator[Callable[..., Server]
     ) -> Server:
         port = free_port()
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AMQP_"))}
-        full_env.update({
-            "PORT": str(port),
-            "INVOKE_API_HOST": "127.0.0.1",
-            "AMQP_URI": uri or reconnecting_uri(names.url),
-            "PYTHONUNBUFFERED": "1",
-        })
+        full_env.update(
+            {
+                "PORT": str(port),
+                "INVOKE_API_HOST": "127.0.0.1",
+                "AMQP_URI": uri or reconnecting_uri(names.url),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         full_env.update(env or {})
         log_dir = tmp_path / f"server{len(started)}"
         log_dir.mkdir(parents=True, exist_ok=True)
         with open(log_dir / "stdout", "wb") as out, open(log_dir / "stderr", "wb") as err:
             proc = subprocess.Popen(
-                [SERVER], env=full_env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                [SERVER],
+                env=full_env,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
         server = Server(proc, port, log_dir)

@@ -97,19 +97,33 @@ class Daemon:
     def invoke_url(self, name: str | None = None, query: str = "") -> str:
         return f"{self.url}/2015-03-31/functions/{name or self.function_name}/invocations{query}"
 
-    def request(self, method: str, path: str, body: bytes | None = None,
-                headers: dict[str, str] | None = None, timeout: float = 30) -> Response:
-        req = urllib.request.Request(self.url + path, data=body, method=method,
-                                     headers=headers or {})
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30,
+    ) -> Response:
+        req = urllib.request.Request(
+            self.url + path, data=body, method=method, headers=headers or {}
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return Response(resp.status, dict(resp.headers), resp.read())
         except urllib.error.HTTPError as err:
             return Response(err.code, dict(err.headers), err.read())
 
-    def invoke(self, payload: Any = None, *, raw: bytes | None = None, name: str | None = None,
-               headers: dict[str, str] | None = None, query: str = "",
-               timeout: float = 30) -> Response:
+    def invoke(
+        self,
+        payload: Any = None,
+        *,
+        raw: bytes | None = None,
+        name: str | None = None,
+        headers: dict[str, str] | None = None,
+        query: str = "",
+        timeout: float = 30,
+    ) -> Response:
         body = raw if raw is not None else json.dumps(payload).encode()
         path = f"/2015-03-31/functions/{name or self.function_name}/invocations{query}"
         return self.request("POST", path, body, headers, timeout)
@@ -172,26 +186,39 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15)
     raise AssertionError(f"daemon did not listen on {port} within {timeout} s")
 
 
-def spawn_daemon(command: list[str], log_dir: Path, env: dict[str, str] | None = None,
-                 args: list[str] | None = None, cwd: Path = FUNCTIONS,
-                 wait: bool = True) -> Daemon:
+def spawn_daemon(
+    command: list[str],
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+    args: list[str] | None = None,
+    cwd: Path = FUNCTIONS,
+    wait: bool = True,
+) -> Daemon:
     """Start the daemon with `command` as its runtime; returns once it accepts connections."""
     token = uuid.uuid4().hex
     port, runtime_port = free_port(), free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AMQP_"))}
-    full_env.update({
-        MARKER: token,
-        "PORT": str(port),
-        "INVOKE_API_HOST": "127.0.0.1",
-        "RUNTIME_API_PORT": str(runtime_port),
-        "PYTHONUNBUFFERED": "1",
-    })
+    full_env.update(
+        {
+            MARKER: token,
+            "PORT": str(port),
+            "INVOKE_API_HOST": "127.0.0.1",
+            "RUNTIME_API_PORT": str(runtime_port),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     full_env.update(env or {})
     log_dir.mkdir(parents=True, exist_ok=True)
     with open(log_dir / "stdout", "wb") as out, open(log_dir / "stderr", "wb") as err:
-        proc = subprocess.Popen([DAEMON, *(args or []), *command], cwd=cwd, env=full_env,
-                                stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [DAEMON, *(args or []), *command],
+            cwd=cwd,
+            env=full_env,
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     name = full_env.get("AWS_LAMBDA_FUNCTION_NAME", "")
     daemon = Daemon(proc, port, runtime_port, token, log_dir, name)
     if wait:
@@ -207,8 +234,9 @@ def start_daemon(tmp_path: Path) -> Iterator[Any]:
     def start(command: list[str] | None = None, **kwargs: Any) -> Daemon:
         env = kwargs.setdefault("env", {})
         env.setdefault("AWS_LAMBDA_FUNCTION_NAME", "fn")
-        daemon = spawn_daemon(command or [*PYTHON_RIC, "fn.handler"],
-                              tmp_path / f"daemon{len(started)}", **kwargs)
+        daemon = spawn_daemon(
+            command or [*PYTHON_RIC, "fn.handler"], tmp_path / f"daemon{len(started)}", **kwargs
+        )
         started.append(daemon)
         return daemon
 

@@ -180,9 +180,7 @@ def test_http_keeps_working_in_amqp_mode(names: Names, amqp_daemon: Any) -> None
 # -- Event messages: retries and the dead-letter queue -----------------------------------------
 
 
-def test_failing_event_is_retried_twice_then_dead_lettered(
-    names: Names, amqp_daemon: Any
-) -> None:
+def test_failing_event_is_retried_twice_then_dead_lettered(names: Names, amqp_daemon: Any) -> None:
     name = names.function()
     daemon = amqp_daemon(name)
     text = marker()
@@ -200,9 +198,7 @@ def test_failing_event_is_retried_twice_then_dead_lettered(
 
 def test_timed_out_event_is_retried(names: Names, amqp_daemon: Any) -> None:
     name = names.function()
-    daemon = amqp_daemon(
-        name, {"AWS_LAMBDA_FUNCTION_TIMEOUT": "1", "MAXIMUM_RETRY_ATTEMPTS": "1"}
-    )
+    daemon = amqp_daemon(name, {"AWS_LAMBDA_FUNCTION_TIMEOUT": "1", "MAXIMUM_RETRY_ATTEMPTS": "1"})
     text = marker()
     publish_event(names.url, name, {"print": text, "sleep": 3})
     props, _ = wait_for_message(names.url, f"{name}-dlq", timeout=40)
@@ -295,9 +291,7 @@ def test_prefetch_is_bounded_by_max_concurrency(names: Names, amqp_daemon: Any) 
     assert wait_for(lambda: all(t in both() for t in texts), 30), both()
 
 
-def test_event_of_a_killed_daemon_is_completed_by_another(
-    names: Names, amqp_daemon: Any
-) -> None:
+def test_event_of_a_killed_daemon_is_completed_by_another(names: Names, amqp_daemon: Any) -> None:
     name = names.function()
     env = {"AWS_LAMBDA_FUNCTION_TIMEOUT": "30", "PRINT_REPORTS": "TRUE"}
     first = amqp_daemon(name, env, check_exit=False)
@@ -332,9 +326,7 @@ def rpc_with_retry(url: str, queue: str, event: Any, deadline: float) -> bytes:
             time.sleep(0.2)
 
 
-def test_daemon_reconnects_after_its_connection_is_closed(
-    names: Names, amqp_daemon: Any
-) -> None:
+def test_daemon_reconnects_after_its_connection_is_closed(names: Names, amqp_daemon: Any) -> None:
     name = names.function()
     daemon = amqp_daemon(name, {"MAX_CONCURRENCY": "2", "AWS_LAMBDA_FUNCTION_TIMEOUT": "30"})
     texts = [marker() for _ in range(16)]
@@ -410,9 +402,7 @@ def test_unreachable_broker_ends_the_daemon(start_daemon: Any) -> None:
         env={"AWS_LAMBDA_FUNCTION_NAME": "unreachable", "AMQP_URI": uri}, wait=False
     )
     started = time.monotonic()
-    up = wait_for(
-        lambda: daemon.proc.poll() is not None or _listening(daemon.port), 15, 0.01
-    )
+    up = wait_for(lambda: daemon.proc.poll() is not None or _listening(daemon.port), 15, 0.01)
     assert up and daemon.proc.poll() is None, "the Invoke API never came up"
     response = daemon.invoke({"before": "exit"})
     assert response.status == 200 and response.json() == {"before": "exit"}, response
@@ -437,7 +427,11 @@ def test_invalid_amqp_uri_is_a_usage_error(uri: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AMQP_"))}
     env.update({"AMQP_URI": uri, "AWS_LAMBDA_FUNCTION_NAME": "bad"})
     result = subprocess.run(
-        [DAEMON, "python3", "-c", "pass"], env=env, capture_output=True, text=True, timeout=30,
+        [DAEMON, "python3", "-c", "pass"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
         stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 2, result

@@ -45,8 +45,13 @@ def payload_of(response: dict[str, Any]) -> Any:
     return json.loads(response["Payload"].read())
 
 
-def served(names: Names, amqp_daemon: Any, start_server: Any, env: dict[str, str] | None = None,
-           server_env: dict[str, str] | None = None) -> tuple[str, Any, Any]:
+def served(
+    names: Names,
+    amqp_daemon: Any,
+    start_server: Any,
+    env: dict[str, str] | None = None,
+    server_env: dict[str, str] | None = None,
+) -> tuple[str, Any, Any]:
     """A fresh function served by one daemon, and a lambda-server: (name, daemon, server)."""
     name = names.function()
     daemon = amqp_daemon(name, env)
@@ -57,9 +62,7 @@ def served(names: Names, amqp_daemon: Any, start_server: Any, env: dict[str, str
 # -- boto3 end to end -------------------------------------------------------------------------
 
 
-def test_boto3_invoke_through_the_server(
-    names: Names, amqp_daemon: Any, start_server: Any
-) -> None:
+def test_boto3_invoke_through_the_server(names: Names, amqp_daemon: Any, start_server: Any) -> None:
     name, _, server = served(names, amqp_daemon, start_server)
     client = server.lambda_client()
     response = client.invoke(FunctionName=name, Payload=b'{"hello": "server"}')
@@ -170,9 +173,7 @@ def test_event_waits_in_the_queue_until_a_daemon_comes(
     name = names.function()
     declare_queue(names.url, name)
     text = marker()
-    response = server.invoke(
-        name, {"print": text}, headers={"X-Amz-Invocation-Type": "Event"}
-    )
+    response = server.invoke(name, {"print": text}, headers={"X-Amz-Invocation-Type": "Event"})
     assert response.status == 202, response.body
     assert queue_depth(names.url, name) == 1
     daemon = amqp_daemon(name)
@@ -183,8 +184,9 @@ def test_event_to_a_missing_queue_is_404(names: Names, start_server: Any) -> Non
     server = start_server()
     client = server.lambda_client()
     with pytest.raises(client.exceptions.ResourceNotFoundException):
-        client.invoke(FunctionName=names.function("e2e-nobody"), InvocationType="Event",
-                      Payload=b"{}")
+        client.invoke(
+            FunctionName=names.function("e2e-nobody"), InvocationType="Event", Payload=b"{}"
+        )
 
 
 def test_boto3_dry_run(names: Names, amqp_daemon: Any, start_server: Any) -> None:
@@ -207,9 +209,9 @@ def test_two_daemons_on_one_queue_both_serve(
     amqp_daemon(name, env)
     server = start_server()
     with ThreadPoolExecutor(6) as pool:
-        responses = list(pool.map(
-            lambda _: server.invoke(name, {"pid": 1, "sleep": 0.3}), range(6)
-        ))
+        responses = list(
+            pool.map(lambda _: server.invoke(name, {"pid": 1, "sleep": 0.3}), range(6))
+        )
     assert all(r.status == 200 for r in responses), [r.body for r in responses]
     pids = {r.json()["pid"] for r in responses}
     assert len(pids) == 2, pids
@@ -217,7 +219,9 @@ def test_two_daemons_on_one_queue_both_serve(
 
 def test_fail_safe_timeout(names: Names, amqp_daemon: Any, start_server: Any) -> None:
     name, _, server = served(
-        names, amqp_daemon, start_server,
+        names,
+        amqp_daemon,
+        start_server,
         env={"AWS_LAMBDA_FUNCTION_TIMEOUT": "30"},
         server_env={"AWS_LAMBDA_FUNCTION_TIMEOUT": "2"},
     )
@@ -282,11 +286,14 @@ def test_invalid_amqp_uri_is_a_usage_error(uri: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AMQP_"))}
     env["AMQP_URI"] = uri
     result = subprocess.run(
-        [SERVER, "--port", str(free_port())], env=env, capture_output=True, text=True,
-        timeout=30, stdin=subprocess.DEVNULL,
+        [SERVER, "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 2, result
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "AMQP_URI" in lines[0], result.stderr
     assert result.stdout == ""
-

@@ -42,9 +42,14 @@ def handler(event, context):
             "log_group_name": context.log_group_name,
             "log_stream_name": context.log_stream_name,
             "remaining_ms": context.get_remaining_time_in_millis(),
-            "client_context": None if client is None else {
-                "custom": client.custom, "env": client.env,
-                "client": None if client.client is None else {
+            "client_context": None
+            if client is None
+            else {
+                "custom": client.custom,
+                "env": client.env,
+                "client": None
+                if client.client is None
+                else {
                     "installation_id": client.client.installation_id,
                     "app_title": client.client.app_title,
                 },

@@ -1,0 +1,177 @@
+"""Shutdown on SIGTERM/SIGINT: in-flight invocations finish, new ones are refused, the
+daemon exits 0, and no runtime process or child of one survives (also after a timeout)."""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+import urllib.error
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import PYTHON_RIC
+
+PROBE = [*PYTHON_RIC, "probe.handler"]
+
+
+def poll(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+def child_pid(daemon: Any, request_id: str) -> int:
+    pattern = re.compile(rf"PROBE child=(\d+) request={re.escape(request_id)}")
+    match = poll(lambda: pattern.search(daemon.stdout()))
+    assert match, f"the function did not report its child:\n{daemon.stdout()}"
+    return int(match.group(1))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_lets_the_inflight_invocation_finish(start_daemon, signum):
+    daemon = start_daemon(env={"AWS_LAMBDA_FUNCTION_TIMEOUT": "10"})
+    tag = f"inflight-{uuid.uuid4().hex}"
+    event = {"print": tag, "sleep": 1}
+    with ThreadPoolExecutor(1) as executor:
+        future = executor.submit(daemon.invoke, event)
+        assert poll(lambda: tag in daemon.stdout()), "the invocation never started"
+        runtimes = daemon.runtime_pids()
+        assert runtimes
+        daemon.signal(signum)
+        response = future.result(timeout=30)
+    assert response.status == 200, response.body
+    assert response.header("X-Amz-Function-Error") is None, response.body
+    assert response.json() == event
+    assert daemon.proc.wait(20) == 0
+    assert daemon.stop() == 0  # asserts that nothing outlived the daemon
+    assert not any(alive(pid) for pid in runtimes)
+
+
+def test_sigterm_with_idle_instances_exits_0(start_daemon):
+    daemon = start_daemon(env={"MAX_CONCURRENCY": "2"})
+    with ThreadPoolExecutor(2) as executor:
+        for future in [executor.submit(daemon.invoke, {"sleep": 0.5}) for _ in range(2)]:
+            assert future.result(timeout=30).status == 200
+    runtimes = daemon.runtime_pids()
+    assert len(runtimes) == 2
+    started = time.monotonic()
+    daemon.signal(signal.SIGTERM)
+    assert daemon.proc.wait(20) == 0
+    assert time.monotonic() - started < 5, "idle shutdown took too long"
+    assert daemon.stop() == 0
+    assert not any(alive(pid) for pid in runtimes)
+
+
+def test_new_invocations_are_refused_during_shutdown(start_daemon):
+    daemon = start_daemon(env={"AWS_LAMBDA_FUNCTION_TIMEOUT": "10"})
+    tag = f"inflight-{uuid.uuid4().hex}"
+    event = {"print": tag, "sleep": 3}
+    with ThreadPoolExecutor(1) as executor:
+        future = executor.submit(daemon.invoke, event)
+        assert poll(lambda: tag in daemon.stdout()), "the invocation never started"
+        daemon.signal(signal.SIGTERM)
+        # The daemon logs that it is stopping; fall back to a short pause if it does not.
+        poll(lambda: "stopping" in daemon.stderr().lower(), timeout=3)
+        started = time.monotonic()
+        try:
+            late = daemon.invoke({"late": 1}, timeout=10)
+        except (urllib.error.URLError, ConnectionError):
+            late = None  # connection refused is a refusal too
+        elapsed = time.monotonic() - started
+        if late is not None:
+            assert late.status != 200, f"a new invocation was run during shutdown: {late.body}"
+            assert late.status >= 400
+            assert late.header("x-amzn-ErrorType"), late.headers
+        assert elapsed < 2, f"the refused invocation took {elapsed:.2f} s (it waited)"
+        response = future.result(timeout=30)
+    assert response.status == 200 and response.json() == event
+    assert daemon.proc.wait(20) == 0
+    assert daemon.stop() == 0
+
+
+def test_background_child_is_killed_with_a_timed_out_instance(start_daemon):
+    daemon = start_daemon(PROBE, env={"AWS_LAMBDA_FUNCTION_TIMEOUT": "1"})
+    response = daemon.invoke({"child": 1, "announce": 1, "sleep": 5})
+    assert response.status == 200
+    assert response.header("X-Amz-Function-Error") == "Unhandled"
+    assert response.json()["errorType"] == "Sandbox.Timedout"
+    request_id = response.header("x-amzn-RequestId")
+    child = child_pid(daemon, request_id)
+    match = re.search(rf"PROBE pid=(\d+) request={request_id}", daemon.stdout())
+    assert match
+    runtime = int(match.group(1))
+    assert poll(lambda: not alive(runtime), timeout=5), "the timed-out runtime survived"
+    assert poll(lambda: not alive(child), timeout=5), "the runtime's child was orphaned"
+    assert daemon.runtime_pids() == []
+    after = daemon.invoke({"tag": "after"})
+    assert after.status == 200 and after.json()["tag"] == "after"
+    assert daemon.stop() == 0
+
+
+def test_background_child_is_killed_at_shutdown(start_daemon):
+    daemon = start_daemon(PROBE)
+    response = daemon.invoke({"child": 1})
+    assert response.status == 200 and response.header("X-Amz-Function-Error") is None
+    result = response.json()
+    child = result["child"]
+    assert alive(child), "the background child is not running"
+    assert set(daemon.runtime_pids()) == {result["pid"], child}
+    assert daemon.stop() == 0
+    assert not alive(child), "the background child survived the daemon"
+    assert not alive(result["pid"])
+
+
+def test_background_child_is_killed_when_its_runtime_crashes(start_daemon):
+    daemon = start_daemon(PROBE, env={"AWS_LAMBDA_FUNCTION_TIMEOUT": "10"})
+    response = daemon.invoke({"child": 1, "exit": 5})
+    assert response.json()["errorType"] == "Runtime.ExitError"
+    child = child_pid(daemon, response.header("x-amzn-RequestId"))
+    assert poll(lambda: not alive(child), timeout=5), "the crashed runtime's child was orphaned"
+    assert daemon.stop() == 0
+
+
+def test_runtime_ignoring_sigterm_is_killed_at_shutdown(start_daemon):
+    daemon = start_daemon(PROBE, env={"PROBE_IGNORE_SIGTERM": "1"})
+    response = daemon.invoke({"child": "stubborn"})
+    assert response.status == 200 and response.header("X-Amz-Function-Error") is None
+    result = response.json()
+    assert alive(result["child"]) and alive(result["pid"])
+    started = time.monotonic()
+    daemon.signal(signal.SIGTERM)
+    assert daemon.proc.wait(20) == 0
+    assert time.monotonic() - started < 10, "shutdown waited too long for a stubborn runtime"
+    assert daemon.stop() == 0  # asserts the runtime, its shell and its sleep are gone
+    assert not alive(result["pid"]) and not alive(result["child"])
+
+
+def test_invocation_longer_than_the_shutdown_grace_still_gets_an_answer(start_daemon):
+    daemon = start_daemon(
+        PROBE, env={"AWS_LAMBDA_FUNCTION_TIMEOUT": "60", "SHUTDOWN_GRACE_PERIOD": "1"}
+    )
+    with ThreadPoolExecutor(1) as executor:
+        future = executor.submit(daemon.invoke, {"announce": 1, "sleep": 30})
+        assert poll(lambda: "PROBE pid=" in daemon.stdout()), "the invocation never started"
+        started = time.monotonic()
+        daemon.signal(signal.SIGTERM)
+        response = future.result(timeout=30)
+    assert time.monotonic() - started < 10, "the in-flight invocation outlived the grace period"
+    assert response.status == 200, response.body
+    assert response.header("X-Amz-Function-Error") == "Unhandled"
+    assert response.json()["errorType"]
+    assert daemon.proc.wait(20) == 0
+    assert daemon.stop() == 0

@@ -1,0 +1,175 @@
+"""Gateway routing (route table, stage, function picking) and the GATEWAY_* settings."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from lambda_rapid.config import (
+    ConfigError,
+    GatewayRoute,
+    daemon_config,
+    server_config,
+)
+from lambda_rapid.gateway import Router, RouteTable
+
+COMMAND = [sys.executable, "-m", "awslambdaric", "web.handler"]
+
+
+# -- routing --------------------------------------------------------------------------------
+
+
+def test_route_table_prefers_the_most_specific_route() -> None:
+    table = RouteTable(
+        [
+            GatewayRoute("ANY", "/{proxy+}"),
+            GatewayRoute("ANY", "/items/{id}"),
+            GatewayRoute("GET", "/items/{id}"),
+            GatewayRoute("GET", "/items/new"),
+        ]
+    )
+
+    def key(method: str, path: str) -> str | None:
+        match = table.match(method, path)
+        return None if match is None else match.route_key
+
+    assert key("GET", "/items/new") == "GET /items/new"
+    assert key("GET", "/items/7") == "GET /items/{id}"
+    assert key("POST", "/items/7") == "ANY /items/{id}"
+    assert key("POST", "/items/7/parts") == "ANY /{proxy+}"
+    assert key("GET", "/") is None  # a greedy parameter needs at least one segment
+
+
+def test_route_table_parameters() -> None:
+    table = RouteTable(
+        [GatewayRoute("GET", "/u/{user}/files/{path+}", "fn"), GatewayRoute("GET", "/")]
+    )
+    match = table.match("GET", "/u/j%20d/files/a/b.txt/")
+    assert match is not None
+    assert match.path_parameters == {"user": "j d", "path": "a/b.txt"}
+    assert (match.resource, match.function) == ("/u/{user}/files/{path+}", "fn")
+    root = table.match("GET", "/")
+    assert root is not None and root.path_parameters is None
+    assert table.match("GET", "/u/x/files") is None
+    assert table.match("HEAD", "/") is None
+
+
+def test_router_for_the_daemon_function() -> None:
+    router = Router("prod", None, "web")
+    assert router.locate("GET", "/items") is None
+    assert router.locate("GET", "/production/items") is None
+    located = router.locate("GET", "/prod/items")
+    assert located is not None
+    assert (located.function, located.raw_path) == ("web", "/items")
+    root = router.locate("GET", "/prod")
+    assert root is not None and root.raw_path == "/"
+    assert router.stage_prefix == "/prod"
+
+
+def test_router_ignores_route_functions_in_the_daemon() -> None:
+    router = Router(None, (GatewayRoute("GET", "/a", "other"),), "web")
+    located = router.locate("GET", "/a")
+    assert located is not None and located.function == "web"
+    assert router.locate("GET", "/b") is None
+
+
+def test_router_first_segment_names_the_function() -> None:
+    router = Router(None, None, None)
+    located = router.locate("GET", "/my-fn/hello/world")
+    assert located is not None
+    assert (located.function, located.raw_path) == ("my-fn", "/hello/world")
+    assert located.match.path_parameters == {"proxy": "hello/world"}
+    bare = router.locate("GET", "/my-fn")
+    assert bare is not None and (bare.function, bare.raw_path) == ("my-fn", "/")
+    assert router.locate("GET", "/") is None
+
+
+def test_router_first_segment_then_route_table() -> None:
+    router = Router(None, (GatewayRoute("GET", "/items/{id}"),), None)
+    located = router.locate("GET", "/fn/items/3")
+    assert located is not None and located.function == "fn"
+    assert located.match.path_parameters == {"id": "3"}
+    assert router.locate("GET", "/fn/other") is None
+
+
+def test_router_route_table_names_the_functions() -> None:
+    routes = (GatewayRoute("GET", "/items/{id}", "items"), GatewayRoute("ANY", "/u/{p+}", "users"))
+    router = Router("v1", routes, None)
+    located = router.locate("GET", "/v1/items/3")
+    assert located is not None
+    assert (located.function, located.raw_path) == ("items", "/items/3")
+    users = router.locate("PUT", "/v1/u/a/b")
+    assert users is not None and users.function == "users"
+    assert router.locate("GET", "/v1/items") is None
+
+
+def test_router_refuses_a_half_named_route_table() -> None:
+    with pytest.raises(ConfigError, match="GATEWAY_ROUTES"):
+        Router(None, (GatewayRoute("GET", "/a", "fn"), GatewayRoute("GET", "/b")), None)
+
+
+# -- settings -------------------------------------------------------------------------------
+
+
+def test_gateway_defaults() -> None:
+    config = daemon_config(COMMAND, {})
+    assert config.gateway_port is None
+    assert config.gateway_event_format == "v2"
+    assert config.gateway_stage is None
+    assert config.gateway_routes is None
+    assert config.gateway_timeout == 29.0
+    server = server_config([], {})
+    assert (server.gateway_port, server.gateway_event_format, server.gateway_timeout) == (
+        None,
+        "v2",
+        29.0,
+    )
+
+
+def test_gateway_settings_from_env_and_flags() -> None:
+    environ = {
+        "GATEWAY_PORT": "8081",
+        "GATEWAY_EVENT_FORMAT": "1.0",
+        "GATEWAY_STAGE": "prod",
+        "GATEWAY_ROUTES": " GET /items/{id} , any /files/{proxy+}=files-fn,",
+        "GATEWAY_TIMEOUT": "2.5",
+    }
+    config = daemon_config(COMMAND, environ)
+    assert config.gateway_port == 8081
+    assert config.gateway_event_format == "v1"
+    assert config.gateway_stage == "prod"
+    assert config.gateway_routes == (
+        GatewayRoute("GET", "/items/{id}"),
+        GatewayRoute("ANY", "/files/{proxy+}", "files-fn"),
+    )
+    assert config.gateway_timeout == 2.5
+    flags = ["--gateway-port", "9", "--gateway-event-format", "V2", "--gateway-stage", "$default"]
+    server = server_config([*flags, "--gateway-routes", "POST /x=fn"], environ)
+    assert (server.gateway_port, server.gateway_event_format, server.gateway_stage) == (
+        9,
+        "v2",
+        None,
+    )
+    assert server.gateway_routes == (GatewayRoute("POST", "/x", "fn"),)
+
+
+@pytest.mark.parametrize(
+    ("env", "value"),
+    [
+        ("GATEWAY_PORT", "-1"),
+        ("GATEWAY_EVENT_FORMAT", "rest"),
+        ("GATEWAY_STAGE", "pr od"),
+        ("GATEWAY_ROUTES", "GET"),
+        ("GATEWAY_ROUTES", "GET /a//b"),
+        ("GATEWAY_ROUTES", "GET /{}"),
+        ("GATEWAY_ROUTES", "GET /{a}b"),
+        ("GATEWAY_ROUTES", "GET /a=bad/name"),
+        ("GATEWAY_TIMEOUT", "-3"),
+    ],
+)
+def test_invalid_gateway_settings(env: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=env):
+        daemon_config(COMMAND, {env: value})
+    with pytest.raises(ConfigError, match=env):
+        server_config([], {env: value})
