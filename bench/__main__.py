@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +173,12 @@ def measure_load(
     return result
 
 
+def measure_one(
+    runtime: list[str], concurrency: int, instances: int, seconds: float, kind: str
+) -> dict[str, float]:
+    return measure_load(kind, runtime, concurrency, instances, seconds)
+
+
 def measure_memory(kind: str, invocations: int) -> dict[str, float]:
     with running(kind, RAW, 1) as server:
         time.sleep(0.3)
@@ -274,9 +281,7 @@ def run(quick: bool, count: int) -> dict[str, Any]:
     for runtime_name, runtime, conc, instances in cases:
         key = f"{runtime_name} C={conc} MAX_CONCURRENCY={instances}"
         print(f"load: {key}", file=sys.stderr)
-        report[key] = rounds(
-            count, lambda kind: measure_load(kind, runtime, conc, instances, seconds)
-        )
+        report[key] = rounds(count, partial(measure_one, runtime, conc, instances, seconds))
     print("memory", file=sys.stderr)
     report["memory"] = rounds(1, lambda kind: measure_memory(kind, 2000 if quick else 20000))
     print("start-up", file=sys.stderr)

@@ -9,6 +9,7 @@ MAX_CONCURRENCY. No real daemon can beat it in Python; figures are reported agai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import subprocess
@@ -127,7 +128,7 @@ async def serve(port: int, runtime_port: int, command: list[str], instances: int
     await loop.create_server(lambda: Http(broker), "127.0.0.1", port)
     await loop.create_server(lambda: Http(broker), "127.0.0.1", runtime_port)
     env = dict(os.environ, AWS_LAMBDA_RUNTIME_API=f"127.0.0.1:{runtime_port}")
-    children = [subprocess.Popen(command, env=env) for _ in range(instances)]
+    children = [subprocess.Popen(command, env=env) for _ in range(instances)]  # noqa: ASYNC220
     try:
         await asyncio.Event().wait()
     finally:
@@ -139,7 +140,5 @@ async def serve(port: int, runtime_port: int, command: list[str], instances: int
 if __name__ == "__main__":
     # floor.py PORT RUNTIME_PORT INSTANCES COMMAND...
     port, runtime_port, instances = (int(a) for a in sys.argv[1:4])
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(port, runtime_port, sys.argv[4:], instances))
-    except KeyboardInterrupt:
-        pass

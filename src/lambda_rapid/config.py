@@ -443,7 +443,21 @@ GATEWAY_SETTINGS: tuple[Setting, ...] = (
 )
 
 
-ALL_DAEMON_SETTINGS = DAEMON_SETTINGS + AMQP_SETTINGS + DAEMON_AMQP_SETTINGS + GATEWAY_SETTINGS
+OPENFAAS_SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "enable_openfaas",
+        "ENABLE_OPENFAAS",
+        "--enable-openfaas",
+        _boolean,
+        "FALSE",
+        "also serve the OpenFaaS watchdog routes POST /, GET /_/health and GET /_/ready",
+        is_switch=True,
+    ),
+)
+
+ALL_DAEMON_SETTINGS = (
+    DAEMON_SETTINGS + AMQP_SETTINGS + DAEMON_AMQP_SETTINGS + GATEWAY_SETTINGS + OPENFAAS_SETTINGS
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -513,6 +527,7 @@ class DaemonConfig:
     gateway_stage: str | None = None
     gateway_routes: tuple[GatewayRoute, ...] | None = None
     gateway_timeout: float = 29.0
+    enable_openfaas: bool = False
 
     @property
     def function_arn(self) -> str:
@@ -614,6 +629,7 @@ def daemon_config(argv: Sequence[str], environ: Mapping[str, str] | None = None)
     amqp_values = resolve_settings(AMQP_SETTINGS, flags, env)
     values.update(resolve_settings(DAEMON_AMQP_SETTINGS, flags, env))
     values.update(resolve_settings(GATEWAY_SETTINGS, flags, env))
+    values.update(resolve_settings(OPENFAAS_SETTINGS, flags, env))
     command = _runtime_command(list(flags.command))
     handler = command[-1] if len(command) >= 2 else (env.get("_HANDLER") or None)
     if values["function_name"] is None:

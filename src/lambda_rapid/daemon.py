@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from lambda_rapid.config import DaemonConfig
 from lambda_rapid.dispatcher import Dispatcher
-from lambda_rapid.invoke_api import InvokeApi, LocalBackend
+from lambda_rapid.invoke_api import InvokeApi, LocalBackend, Watchdog
 from lambda_rapid.pool import Pool
 from lambda_rapid.reports import Reporter
 from lambda_rapid.runtime_api import RuntimeApi
@@ -46,8 +46,13 @@ class Daemon:
         self.backend = LocalBackend(
             config, self.dispatcher, self.consumer.publish_event if self.consumer else None
         )
+        watchdog = (
+            Watchdog(config.function_name, self.dispatcher.ready)
+            if config.enable_openfaas
+            else None
+        )
         self.invoke_api = InvokeApi(
-            config.invoke_api_host, config.port, config.timeout, self.backend
+            config.invoke_api_host, config.port, config.timeout, self.backend, watchdog
         )
         self.gateway = self._gateway()
         self._consuming: asyncio.Task[None] | None = None

@@ -57,6 +57,10 @@ class Dispatcher:
         assert self._pool is not None, "dispatcher used before attach()"
         return self._pool
 
+    def ready(self) -> bool:
+        """Whether one more invocation could start now (OpenFaaS readiness)."""
+        return len(self._running) + len(self._queue) < self._config.max_concurrency
+
     @property
     def in_flight(self) -> int:
         return len(self._queue) + len(self._running)

@@ -205,11 +205,19 @@ class LocalBackend:
 class InvokeApi:
     """The HTTP front door: parses requests, asks the backend, renders answers."""
 
-    def __init__(self, host: str, port: int, timeout: float, backend: Backend) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        timeout: float,
+        backend: Backend,
+        watchdog: Watchdog | None = None,
+    ) -> None:
         self._host = host
         self._port = port
         self._timeout = timeout
         self._backend = backend
+        self._watchdog = watchdog
         self._accepting = True
         # The size check is ours (to answer as AWS does), so the server's cap is above it.
         self._server = HttpServer(self.handle, internal_error, MAX_REQUEST_PAYLOAD + 1)
@@ -232,6 +240,8 @@ class InvokeApi:
     def handle(self, request: Request) -> Response | Awaitable[Response]:
         """Route one request: the invoke path, or AWS's answer for anything else."""
         path = request.path
+        if self._watchdog is not None and (path == "/" or path.startswith("/_/")):
+            return self._watchdog_route(request, self._watchdog)
         if not (path.startswith(INVOKE_PREFIX) and path.endswith(INVOKE_SUFFIX)):
             error: InvokeError = UnknownOperation(f"Unknown operation: {request.method} {path}")
             return render_error(error)
@@ -246,6 +256,27 @@ class InvokeApi:
             return self._invoke(request, request_id, function_name)
         except InvokeError as error:
             return render_error(error, request_id)
+
+    def _watchdog_route(
+        self, request: Request, watchdog: Watchdog
+    ) -> Response | Awaitable[Response]:
+        """OpenFaaS watchdog routes: health, readiness (429 when full), invoke on /."""
+        if request.path == "/_/health":
+            return Response(200, b"OK")
+        if request.path == "/_/ready":
+            return Response(200, b"OK") if watchdog.ready() else Response(429, b"Busy")
+        if request.path != "/":
+            return render_error(UnknownOperation(f"Unknown operation: {request.method} /_/"))
+        request_id = str(uuid.uuid4())
+        try:
+            if not self._accepting:
+                raise ServiceUnavailable("The function is shutting down")
+            answer = self._invoke(request, request_id, watchdog.function_name)
+        except InvokeError as error:
+            return render_error(error, request_id)
+        if isinstance(answer, Response):
+            return watchdog_status(answer)
+        return then(answer, watchdog_status)
 
     def _invoke(
         self, request: Request, request_id: str, function_name: str
@@ -288,6 +319,21 @@ class InvokeApi:
 
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Watchdog:
+    """What the OpenFaaS routes need: the function's name, and whether it can start one now."""
+
+    function_name: str
+    ready: Callable[[], bool]
+
+
+def watchdog_status(response: Response) -> Response:
+    """OpenFaaS callers learn of a failed function from the status code."""
+    if response.headers and "X-Amz-Function-Error" in response.headers:
+        response.status = 500
+    return response
 
 
 def then(awaitable: Awaitable[T], render: Callable[[T], Response]) -> asyncio.Future[Response]:
