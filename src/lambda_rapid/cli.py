@@ -1,11 +1,14 @@
 """Command-line entry points: parse the config, set up logging, run the daemon.
 
-A bad setting ends the program with one line naming it and exit status 2.
+A bad setting ends the program with one line naming it and exit status 2. The daemon's
+Invoke API socket is opened before the rest of the daemon is imported: from then on
+clients can connect (the kernel queues them) instead of being refused while it starts.
 """
 
 from __future__ import annotations
 
-import asyncio
+import signal
+import socket
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -25,8 +28,41 @@ def run(main: Coroutine[Any, Any, int]) -> int:
     try:
         import uvloop
     except ImportError:
+        import asyncio
+
         return asyncio.run(main)
     return uvloop.run(main)
+
+
+# Signals that arrive while the daemon is still starting (its port is already open).
+EARLY_SIGNALS: list[int] = []
+
+
+def remember_signal(signum: int, frame: object) -> None:
+    EARLY_SIGNALS.append(signum)
+
+
+def listen(host: str, port: int, settings: str) -> socket.socket:
+    """A listening TCP socket; a ConfigError naming `settings` when that fails."""
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as error:
+        raise ConfigError(f"cannot listen on {settings} {host}:{port}: {error}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(1024)
+    except OSError as error:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {settings} {host}:{port}: {error.strerror or error}"
+        ) from None
+    sock.setblocking(False)
+    return sock
 
 
 def fail(message: str, prog: str = "lambda-runtime-api-daemon") -> None:
@@ -40,9 +76,16 @@ def daemon_main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as error:
         fail(str(error))
         return
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, remember_signal)
+    try:
+        invoke_socket = listen(config.invoke_api_host, config.port, "INVOKE_API_HOST:PORT")
+    except ConfigError as error:
+        fail(str(error))
+        return
     setup_logging(config.log_level, config.structured_logging)
     try:
-        status = run(_serve(config))
+        status = run(_serve(config, invoke_socket))
     except ConfigError as error:
         fail(str(error))
     except KeyboardInterrupt:
@@ -50,10 +93,10 @@ def daemon_main(argv: Sequence[str] | None = None) -> None:
     raise SystemExit(status)
 
 
-async def _serve(config: DaemonConfig) -> int:
-    from lambda_rapid.daemon import Daemon  # imported here: start-up time counts
+async def _serve(config: DaemonConfig, invoke_socket: socket.socket) -> int:
+    from lambda_rapid.daemon import Daemon  # imported after the socket opened: see above
 
-    return await Daemon(config).serve()
+    return await Daemon(config, invoke_socket).serve(EARLY_SIGNALS)
 
 
 def server_main(argv: Sequence[str] | None = None) -> None:

@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from lambda_rapid.config import DaemonConfig
@@ -35,7 +37,7 @@ RUNTIME_STOP_GRACE = 2.0
 class Daemon:
     """Owns the parts of one function's daemon and their lifecycle."""
 
-    def __init__(self, config: DaemonConfig) -> None:
+    def __init__(self, config: DaemonConfig, invoke_socket: socket.socket | None = None) -> None:
         self.config = config
         self._stop = asyncio.Event()
         reporter = Reporter(config.print_reports, config.function_version, config.memory_size)
@@ -52,7 +54,12 @@ class Daemon:
             else None
         )
         self.invoke_api = InvokeApi(
-            config.invoke_api_host, config.port, config.timeout, self.backend, watchdog
+            config.invoke_api_host,
+            config.port,
+            config.timeout,
+            self.backend,
+            watchdog,
+            invoke_socket,
         )
         self.gateway = self._gateway()
         self._consuming: asyncio.Task[None] | None = None
@@ -73,9 +80,14 @@ class Daemon:
 
         return gateway_for(self.config, self.backend, self.config.function_name)
 
-    async def serve(self) -> int:
-        """Run until told to stop; the exit status (1 when the broker was given up on)."""
+    async def serve(self, early_signals: Sequence[int] = ()) -> int:
+        """Run until told to stop; the exit status (1 when the broker was given up on).
+
+        `early_signals` lists SIGTERM/SIGINT received before the handlers were installed.
+        """
         await self.startup()
+        if early_signals:
+            self.request_stop()
         stop = asyncio.create_task(self._stop.wait())
         waits: set[asyncio.Future[object]] = {stop}  # type: ignore[arg-type]
         if self._consuming is not None:

@@ -84,6 +84,8 @@ class Dispatcher:
 
     def _spawn_if_needed(self) -> None:
         pool = self.pool
+        if pool.size >= self._config.max_concurrency:
+            return
         coming = sum(1 for i in pool.instances if i.state in (State.STARTING, State.ANSWERED))
         while len(self._queue) > coming and pool.size < self._config.max_concurrency:
             pool.spawn()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import socket
 import time
 import urllib.parse
 import uuid
@@ -212,17 +213,22 @@ class InvokeApi:
         timeout: float,
         backend: Backend,
         watchdog: Watchdog | None = None,
+        listening: socket.socket | None = None,
     ) -> None:
         self._host = host
         self._port = port
         self._timeout = timeout
         self._backend = backend
         self._watchdog = watchdog
+        self._listening = listening
         self._accepting = True
         # The size check is ours (to answer as AWS does), so the server's cap is above it.
         self._server = HttpServer(self.handle, internal_error, MAX_REQUEST_PAYLOAD + 1)
 
     async def start(self) -> None:
+        if self._listening is not None:
+            await self._server.serve_socket(self._listening)
+            return
         try:
             await self._server.listen(self._host, self._port)
         except OSError as error:
