@@ -107,6 +107,19 @@ def header_text(headers: Mapping[str, Any], name: str) -> str | None:
     return None if value is None else str(value)
 
 
+def persistent_message(
+    body: bytes, message_id: str | None, headers: dict[str, Any]
+) -> aio_pika.Message:
+    """A message that survives a broker restart (Events, retries, dead letters)."""
+    return aio_pika.Message(
+        body,
+        message_id=message_id,
+        headers=headers,
+        delivery_mode=DeliveryMode.PERSISTENT,
+        content_type="application/json",
+    )
+
+
 def result_headers(result: InvocationResult) -> dict[str, Any]:
     headers: dict[str, Any] = {EXECUTED_VERSION: result.executed_version}
     if result.error_type is not None:
@@ -171,13 +184,7 @@ class RpcConsumer:
         headers: dict[str, Any] = {}
         if invocation.trace_id:
             headers["X-Amzn-Trace-Id"] = invocation.trace_id
-        message = aio_pika.Message(
-            invocation.payload,
-            message_id=invocation.request_id,
-            headers=headers,
-            delivery_mode=DeliveryMode.PERSISTENT,
-            content_type="application/json",
-        )
+        message = persistent_message(invocation.payload, invocation.request_id, headers)
         try:
             await channel.default_exchange.publish(message, self._config.function_name)
         except CONNECTION_ERRORS:
@@ -260,13 +267,7 @@ class RpcConsumer:
                 "event %s failed (%s); retry %d", invocation.request_id, result.error_type, attempt
             )
             headers[ATTEMPT] = attempt
-            retry = aio_pika.Message(
-                message.body,
-                message_id=invocation.request_id,
-                headers=headers,
-                delivery_mode=DeliveryMode.PERSISTENT,
-                content_type="application/json",
-            )
+            retry = persistent_message(message.body, invocation.request_id, headers)
             await self._require_channel().default_exchange.publish(
                 retry, self._config.function_name
             )
@@ -296,13 +297,7 @@ class RpcConsumer:
                 "x-condition": "RetriesExhausted",
             }
         )
-        dead = aio_pika.Message(
-            message.body,
-            message_id=message.message_id,
-            headers=headers,
-            delivery_mode=DeliveryMode.PERSISTENT,
-            content_type="application/json",
-        )
+        dead = persistent_message(message.body, message.message_id, headers)
         await self._require_channel().default_exchange.publish(dead, self._config.dead_letter_queue)
 
 

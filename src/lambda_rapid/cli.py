@@ -20,7 +20,6 @@ from lambda_rapid.config import (
     daemon_config,
     server_config,
 )
-from lambda_rapid.log import setup_logging
 
 
 def run(main: Coroutine[Any, Any, int]) -> int:
@@ -83,6 +82,8 @@ def daemon_main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as error:
         fail(str(error))
         return
+    from lambda_rapid.log import setup_logging
+
     setup_logging(config.log_level, config.structured_logging)
     try:
         status = run(_serve(config, invoke_socket))
@@ -105,6 +106,8 @@ def server_main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as error:
         fail(str(error), "lambda-server")
         return
+    from lambda_rapid.log import setup_logging
+
     setup_logging(config.log_level, config.structured_logging)
     try:
         status = run(_serve_server(config))
