@@ -394,8 +394,16 @@ def _gateway_route(entry: str) -> GatewayRoute:
 
 
 def _gateway_routes(text: str) -> tuple[GatewayRoute, ...] | None:
-    entries = [entry for entry in text.split(",") if entry.strip()]
-    return tuple(_gateway_route(entry) for entry in entries) or None
+    """Comma-separated routes, or `@FILE`: a route file with one route a line (# comments)."""
+    if text.startswith("@"):
+        try:
+            lines = Path(text[1:]).read_text().splitlines()
+        except OSError as error:
+            raise ValueError(f"cannot read the route file: {error.strerror or error}") from None
+        entries = [line.split("#", 1)[0] for line in lines]
+    else:
+        entries = text.split(",")
+    return tuple(_gateway_route(entry) for entry in entries if entry.strip()) or None
 
 
 GATEWAY_SETTINGS: tuple[Setting, ...] = (
@@ -429,8 +437,8 @@ GATEWAY_SETTINGS: tuple[Setting, ...] = (
         "--gateway-routes",
         _gateway_routes,
         None,
-        "route keys, e.g. 'GET /items/{id},ANY /files/{proxy+}' (lambda-server: "
-        "'GET /items/{id}=function'); other paths answer 404 (unset: every path)",
+        "route keys, e.g. 'GET /items/{id},ANY /files/{proxy+}', or @FILE with one a line "
+        "(lambda-server: 'GET /items/{id}=function'); other paths answer 404 (unset: every path)",
     ),
     Setting(
         "gateway_timeout",

@@ -395,3 +395,18 @@ def test_config_is_frozen() -> None:
     config = daemon_config(COMMAND, {})
     with pytest.raises(AttributeError):
         config.port = 1  # type: ignore[misc]
+
+
+def test_gateway_routes_from_a_route_file(tmp_path):
+    routes = tmp_path / "routes.txt"
+    routes.write_text("# items\nGET /items/{id}=items-fn\n\nANY /files/{proxy+}=files-fn  # all\n")
+    config = daemon_config(["--gateway-routes", f"@{routes}", *COMMAND], {})
+    assert [(r.method, r.path, r.function) for r in config.gateway_routes] == [
+        ("GET", "/items/{id}", "items-fn"),
+        ("ANY", "/files/{proxy+}", "files-fn"),
+    ]
+
+
+def test_missing_route_file_names_the_setting(tmp_path):
+    with pytest.raises(ConfigError, match="GATEWAY_ROUTES"):
+        daemon_config(COMMAND, {"GATEWAY_ROUTES": f"@{tmp_path}/nope.txt"})
