@@ -103,6 +103,10 @@ class Dispatcher:
 
     def next_invocation(self, instance: Instance) -> Invocation | asyncio.Future[Invocation]:
         """The runtime's /next: the head of the queue, or a future for the next arrival."""
+        if instance.state is State.IDLE:
+            # A second /next (the runtime gave up on the first): it supersedes the first.
+            self._idle.remove(instance)
+            self._release(instance)
         instance.ready()
         while self._queue:
             invocation = self._queue.popleft()
@@ -204,7 +208,7 @@ class Dispatcher:
 
     @staticmethod
     def _release(instance: Instance) -> None:
-        """End a pending /next of an instance that will take no more work."""
+        """End an instance's pending /next: it is being stopped, or asked again."""
         waiter = instance.release_waiter()
         if waiter is not None and not waiter.done():
             waiter.set_exception(InstanceStopped())
