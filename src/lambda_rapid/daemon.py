@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import time
@@ -63,6 +64,7 @@ class Daemon:
         )
         self.gateway = self._gateway()
         self._consuming: asyncio.Task[None] | None = None
+        self._reaper: asyncio.Task[None] | None = None
 
     def _amqp_consumer(self) -> RpcConsumer | None:
         if self.config.amqp is None:
@@ -110,6 +112,8 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop)
         self.dispatcher.attach(self.pool)
+        if os.getpid() == 1:
+            self._reaper = loop.create_task(self.pool.reap_orphans_forever())
         await self.runtime_api.start()
         await self.invoke_api.start()
         if self.gateway is not None:
@@ -142,6 +146,8 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._consuming
         await self.dispatcher.close(RUNTIME_STOP_GRACE)
+        if self._reaper is not None:
+            self._reaper.cancel()
         await self.invoke_api.close()
         if self.gateway is not None:
             await self.gateway.close()

@@ -48,6 +48,22 @@ def describe_exit(returncode: int) -> str | None:
     return f"exit status {returncode}"
 
 
+def reap_orphans(known: set[int]) -> None:
+    """Reap exited children of this process that it did not start itself."""
+    me = str(os.getpid()).encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in known:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] == b"Z" and fields[1] == me:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(int(entry), os.WNOHANG)
+
+
 class InstanceProcess(asyncio.SubprocessProtocol):
     """Receives one runtime process's exit; its output comes through its OutputPipes."""
 
@@ -204,3 +220,18 @@ class Pool:
         if self._starting:
             await asyncio.gather(*self._starting, return_exceptions=True)
         await asyncio.gather(*(self.stop(i, grace) for i in list(self._processes)))
+        if os.getpid() == 1:
+            reap_orphans(self._known_pids())
+
+    def _known_pids(self) -> set[int]:
+        return {i.pid for i in self._processes if i.pid is not None}
+
+    async def reap_orphans_forever(self, interval: float = 1.0) -> None:
+        """As PID 1 (a container's entrypoint), reap the orphans the kernel hands us.
+
+        Processes a runtime left behind are re-parented to PID 1; the event loop waits
+        only for the runtimes it started, so without this they would stay zombies.
+        """
+        while True:
+            await asyncio.sleep(interval)
+            reap_orphans(self._known_pids())
