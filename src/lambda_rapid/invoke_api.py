@@ -15,7 +15,6 @@ import logging
 import socket
 import time
 import urllib.parse
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -40,6 +39,7 @@ from lambda_rapid.invocation import (
     InvocationResult,
     check_payload,
     decode_client_context,
+    new_request_id,
     new_trace_id,
 )
 
@@ -68,7 +68,7 @@ def render_error(error: InvokeError, request_id: str | None = None) -> Response:
         error.body(),
         {
             "x-amzn-ErrorType": error.code,
-            "x-amzn-RequestId": request_id or str(uuid.uuid4()),
+            "x-amzn-RequestId": request_id or new_request_id(),
             "Content-Type": "application/json",
         },
     )
@@ -251,7 +251,7 @@ class InvokeApi:
         if not (path.startswith(INVOKE_PREFIX) and path.endswith(INVOKE_SUFFIX)):
             error: InvokeError = UnknownOperation(f"Unknown operation: {request.method} {path}")
             return render_error(error)
-        request_id = str(uuid.uuid4())
+        request_id = new_request_id()
         if request.method != "POST":
             error = MethodNotAllowed(f"Method {request.method} is not allowed for Invoke")
             return render_error(error, request_id)
@@ -273,7 +273,7 @@ class InvokeApi:
             return Response(200, b"OK") if watchdog.ready() else Response(429, b"Busy")
         if request.path != "/":
             return render_error(UnknownOperation(f"Unknown operation: {request.method} /_/"))
-        request_id = str(uuid.uuid4())
+        request_id = new_request_id()
         try:
             if not self._accepting:
                 raise ServiceUnavailable("The function is shutting down")

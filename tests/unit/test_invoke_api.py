@@ -200,3 +200,27 @@ def test_client_context_size_limit() -> None:
     with pytest.raises(InvalidParameterValue) as info:
         decode_client_context(b64(context_of(MAX_CLIENT_CONTEXT + 1)))
     assert f"at most {MAX_CLIENT_CONTEXT} bytes" in info.value.message
+
+
+def test_request_ids_are_version_4_uuids() -> None:
+    import uuid
+
+    from lambda_rapid.invocation import new_request_id
+
+    ids = {new_request_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    for text in list(ids)[:50]:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+        assert str(parsed) == text
+
+
+def test_generated_trace_ids_have_the_xray_shape() -> None:
+    import re
+
+    from lambda_rapid.invocation import new_trace_id
+
+    assert re.fullmatch(
+        r"Root=1-[0-9a-f]{8}-[0-9a-f]{24};Parent=[0-9a-f]{16};Sampled=0", new_trace_id()
+    )
