@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -76,10 +77,18 @@ ErrorRenderer = Callable[[Exception], Response]
 class HttpProtocol(asyncio.Protocol):
     """One connection: parse requests, answer them in order."""
 
-    def __init__(self, handler: Handler, on_error: ErrorRenderer, max_body: int) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        on_error: ErrorRenderer,
+        max_body: int,
+        connections: set[HttpProtocol],
+    ) -> None:
         self._handler = handler
         self._on_error = on_error
         self._max_body = max_body
+        self._connections = connections
+        self.last_active = time.monotonic()
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._pending: deque[tuple[Request, bool]] = deque()
@@ -94,6 +103,7 @@ class HttpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
         self._transport = cast(asyncio.Transport, transport)
+        self._connections.add(self)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -102,8 +112,16 @@ class HttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._pending.clear()
+        self._connections.discard(self)
+
+    def close_if_idle(self, idle_since: float) -> None:
+        """Close a kept-alive connection with no request in flight since `idle_since`."""
+        if not self._busy and self.last_active < idle_since and self._transport is not None:
+            self._transport.close()
+            self._transport = None
 
     def data_received(self, data: bytes) -> None:
+        self.last_active = time.monotonic()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -200,26 +218,61 @@ class HttpProtocol(asyncio.Protocol):
         if transport is None:
             return
         transport.write(response.encode(keep_alive))
+        self.last_active = time.monotonic()
         if not keep_alive:
             transport.close()
             self._transport = None
 
 
 class HttpServer:
-    """Listening sockets serving one handler; closing stops accepting."""
+    """Listening sockets serving one handler; closing stops accepting.
 
-    def __init__(self, handler: Handler, on_error: ErrorRenderer, max_body: int) -> None:
-        self._factory = lambda: HttpProtocol(handler, on_error, max_body)
+    With `keep_alive` set, connections with no request in flight for that many seconds
+    are closed, so abandoned or half-sent requests cannot pile up. (The Runtime API sets
+    none: a runtime's connection is quiet for as long as its handler runs.)
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        on_error: ErrorRenderer,
+        max_body: int,
+        keep_alive: float | None = None,
+    ) -> None:
+        self._connections: set[HttpProtocol] = set()
+        self._factory = lambda: HttpProtocol(handler, on_error, max_body, self._connections)
         self._servers: list[asyncio.Server] = []
+        self._keep_alive = keep_alive
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def _start_sweeping(self) -> None:
+        if self._keep_alive is not None and self._sweeper is None:
+            self._sweep_later()
+
+    def _sweep_later(self) -> None:
+        assert self._keep_alive is not None
+        loop = asyncio.get_running_loop()
+        self._sweeper = loop.call_later(self._keep_alive / 5, self._sweep)
+
+    def _sweep(self) -> None:
+        assert self._keep_alive is not None
+        idle_since = time.monotonic() - self._keep_alive
+        for connection in list(self._connections):
+            connection.close_if_idle(idle_since)
+        self._sweep_later()
 
     async def listen(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
+        self._start_sweeping()
         self._servers.append(await loop.create_server(self._factory, host, port, backlog=1024))
 
     async def serve_socket(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
+        self._start_sweeping()
         self._servers.append(await loop.create_server(self._factory, sock=sock, backlog=1024))
 
     def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for server in self._servers:
             server.close()

@@ -59,6 +59,7 @@ INVOKE_SUFFIX = "/invocations"
 GENERIC_NAME = "function"  # the emulator's fixed name, accepted for compatibility
 INVOCATION_TYPES = ("RequestResponse", "Event", "DryRun")
 EMPTY_EVENT = b"{}"
+KEEP_ALIVE_SECONDS = 75.0  # idle client connections are closed after this, as aiohttp does
 
 
 def render_error(error: InvokeError, request_id: str | None = None) -> Response:
@@ -223,7 +224,9 @@ class InvokeApi:
         self._listening = listening
         self._accepting = True
         # The size check is ours (to answer as AWS does), so the server's cap is above it.
-        self._server = HttpServer(self.handle, internal_error, MAX_REQUEST_PAYLOAD + 1)
+        self._server = HttpServer(
+            self.handle, internal_error, MAX_REQUEST_PAYLOAD + 1, KEEP_ALIVE_SECONDS
+        )
 
     async def start(self) -> None:
         if self._listening is not None:
