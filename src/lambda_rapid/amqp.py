@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import logging
 import time
 import uuid
@@ -295,10 +296,23 @@ class RpcConsumer:
                 "x-error-body": error_body.decode(errors="replace"),
                 "x-function-arn": self._config.function_arn,
                 "x-condition": "RetriesExhausted",
+                # The attributes Lambda puts on the messages it sends to a dead-letter queue.
+                "RequestID": message.message_id or "",
+                "ErrorCode": "200",
+                "ErrorMessage": error_message(error_body),
             }
         )
         dead = persistent_message(message.body, message.message_id, headers)
         await self._require_channel().default_exchange.publish(dead, self._config.dead_letter_queue)
+
+
+def error_message(error_body: bytes) -> str:
+    """The errorMessage of an error body (the whole body when it has none)."""
+    try:
+        message = json.loads(error_body).get("errorMessage")
+    except (ValueError, AttributeError):
+        message = None
+    return message if isinstance(message, str) else error_body.decode(errors="replace")
 
 
 def deadline_start(timestamp: datetime) -> float:

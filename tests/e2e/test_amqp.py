@@ -192,6 +192,10 @@ def test_failing_event_is_retried_twice_then_dead_lettered(names: Names, amqp_da
     assert props.headers["x-lambda-attempt"] == 3
     assert header(props.headers, "x-error-type") == "ValueError"
     assert "always" in header(props.headers, "x-error-body")
+    # The attributes Lambda sets on dead-letter messages, too.
+    assert header(props.headers, "RequestID") == message_id
+    assert header(props.headers, "ErrorCode") == "200"
+    assert header(props.headers, "ErrorMessage") == "always"
     assert count_lines(daemon.stdout(), text) == 3, daemon.stdout()
     assert queue_depth(names.url, name) == 0
 
