@@ -1,8 +1,8 @@
 """Platform log lines: START, END and REPORT for each invocation.
 
 They are printed on stdout when PRINT_REPORTS is on and added to the invocation's log
-when the caller asked for its tail. Max Memory Used is the runtime process's real peak
-resident set (VmHWM), not a constant.
+when the caller asked for its tail. Max Memory Used is the real peak resident set
+(VmHWM) of the runtime process and the processes it started, not a constant.
 """
 
 from __future__ import annotations
@@ -13,19 +13,44 @@ import time
 from lambda_rapid.invocation import Invocation
 from lambda_rapid.output import STDOUT, write_fd
 
+MAX_PROCESSES = 64  # enough for any runtime's own tree; bounds the cost of a report
 
-def peak_memory_mb(pid: int | None) -> int:
-    """Peak resident memory of a process in MB (0 when unknown)."""
-    if pid is None:
-        return 0
+
+def peak_kb(pid: int) -> int:
+    """Peak resident memory of one process in KB (0 when it is gone)."""
     try:
         with open(f"/proc/{pid}/status", "rb") as status:
             for line in status:
                 if line.startswith(b"VmHWM:"):
-                    return math.ceil(int(line.split()[1]) / 1024)
+                    return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def children_of(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", "rb") as children:
+            return [int(child) for child in children.read().split()]
+    except OSError:
+        return []
+
+
+def peak_memory_mb(pid: int | None) -> int:
+    """Peak resident memory of a runtime and its live descendants, in MB (0 when unknown).
+
+    A bash runtime's work happens in its children (curl, the handler), so they count too;
+    the instance is the whole tree, as a Lambda sandbox is.
+    """
+    if pid is None:
+        return 0
+    total, pending, seen = 0, [pid], 0
+    while pending and seen < MAX_PROCESSES:
+        current = pending.pop()
+        seen += 1
+        total += peak_kb(current)
+        pending.extend(children_of(current))
+    return math.ceil(total / 1024)
 
 
 class Reporter:

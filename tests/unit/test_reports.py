@@ -180,3 +180,28 @@ def test_tail_is_written_even_when_reports_are_off(capfd: pytest.CaptureFixture[
     reporter.start(invocation)
     assert capfd.readouterr().out == ""
     assert invocation.log is not None and invocation.log.startswith(b"START RequestId: req-1")
+
+
+def test_peak_memory_counts_the_processes_a_runtime_started() -> None:
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; x = bytearray(64 * 2**20); sys.stdout.write('ok\\n'); "
+            "sys.stdout.flush(); time.sleep(30)",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"ok\n"
+        alone = peak_memory_mb(holder.pid)
+        assert alone >= 64
+        # This test process is the holder's parent: its tree includes the holder's 64 MB.
+        assert peak_memory_mb(os.getpid()) >= alone + 1
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
