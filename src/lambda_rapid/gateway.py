@@ -302,7 +302,7 @@ class Gateway:
             payload=payload,
             timeout=self._invocation_timeout,
             invoked_arn=target.invoked_arn,
-            trace_id=trace,
+            trace_id=trace or new_trace_id(),
         )
         # The function keeps running after the integration timeout, as behind API Gateway.
         call = asyncio.ensure_future(self._backend.invoke(target, invocation))

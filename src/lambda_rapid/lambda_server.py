@@ -12,6 +12,7 @@ import base64
 import logging
 import signal
 import time
+from typing import TYPE_CHECKING
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, DeliveryMode
@@ -20,9 +21,11 @@ from lambda_rapid import amqp
 from lambda_rapid.amqp import BrokerUnavailable, RpcClient, header_text
 from lambda_rapid.config import ServerConfig
 from lambda_rapid.errors import InvokeError, ResourceNotFound, timeout_error
-from lambda_rapid.gateway import gateway_for
 from lambda_rapid.invocation import Invocation, InvocationResult
 from lambda_rapid.invoke_api import InvokeApi, Target, merge_qualifier, split_function_name
+
+if TYPE_CHECKING:
+    from lambda_rapid.gateway import Gateway
 
 logger = logging.getLogger(__name__)
 
@@ -125,8 +128,16 @@ class LambdaServer:
         self.client = RpcClient(config.amqp)
         backend = AmqpBackend(config, self.client)
         self.invoke_api = InvokeApi(config.invoke_api_host, config.port, config.timeout, backend)
-        self.gateway = gateway_for(config, backend, None)
+        self.gateway = self._gateway(backend)
         self._stop = asyncio.Event()
+
+    def _gateway(self, backend: AmqpBackend) -> Gateway | None:
+        if self.config.gateway_port is None:
+            return None
+        # Imported only when the gateway is on: aiohttp is a large part of the start-up time.
+        from lambda_rapid.gateway import gateway_for
+
+        return gateway_for(self.config, backend, None)
 
     def request_stop(self) -> None:
         self._stop.set()
