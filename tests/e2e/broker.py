@@ -39,6 +39,7 @@ from tests.e2e.conftest import (
     Daemon,
     Response,
     free_port,
+    poll,
     processes_with_marker,
     wait_for_port,
 )
@@ -84,12 +85,7 @@ REGION = "us-east-1"
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
     """Call `predicate` until it returns something truthy or `timeout` passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
+    return poll(predicate, timeout, interval)
 
 
 def count_lines(text: str, needle: str) -> int:

@@ -34,6 +34,35 @@ PYTHON_RIC = [sys.executable, "-m", "awslambdaric"]
 MARKER = "LAMBDA_RAPID_TEST_MARKER"
 
 
+PROBE = [*PYTHON_RIC, "probe.handler"]
+
+
+def poll(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Call `predicate` until it returns something truthy or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` is a live (non-zombie) process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+def ok(response: Any) -> Any:
+    """The JSON of a successful invocation (no function error)."""
+    assert response.status == 200, response.body
+    assert response.header("X-Amz-Function-Error") is None, response.body
+    return response.json()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -10,7 +10,6 @@ import base64
 import json
 import os
 import re
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import PYTHON_RIC, Daemon, Response, spawn_daemon
+from tests.e2e.conftest import PYTHON_RIC, Daemon, Response, poll, spawn_daemon
 
 NAME = "fn"
 REGION = "us-east-1"
@@ -64,12 +63,7 @@ def assert_error(response: Response, status: int, code: str) -> dict[str, Any]:
 
 
 def wait_for_output(daemon: Daemon, text: str, timeout: float = 15) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in daemon.stdout():
-            return True
-        time.sleep(0.05)
-    return False
+    return bool(poll(lambda: text in daemon.stdout(), timeout))
 
 
 def log_result(response: Response) -> str:

@@ -10,28 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from tests.e2e.conftest import PYTHON_RIC
-
-PROBE = [*PYTHON_RIC, "probe.handler"]
-
-
-def poll(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
-    """Call `predicate` until it returns something truthy or `timeout` passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
-
-
-def alive(pid: int) -> bool:
-    """True while `pid` is a live (non-zombie) process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except OSError:
-        return False
+from tests.e2e.conftest import PROBE, PYTHON_RIC, alive, poll
 
 
 def assert_function_error(response: Any, error_type: str) -> dict[str, Any]:

@@ -14,26 +14,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from tests.e2e.conftest import FUNCTIONS
+from tests.e2e.conftest import FUNCTIONS, ok, poll
 
 RAW = [sys.executable, str(FUNCTIONS / "raw_runtime.py")]
 MAX_RESPONSE = 6291556
 ARN = "arn:aws:lambda:us-east-1:123456789012:function:fn"
-
-
-def poll(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
-
-
-def ok(response: Any) -> Any:
-    assert response.status == 200, response.body
-    assert response.header("X-Amz-Function-Error") is None, response.body
-    return response.json()
 
 
 def logged(daemon: Any, call: str) -> dict[str, Any]:

@@ -24,33 +24,19 @@ from tests.e2e.conftest import (
     DAEMON,
     FUNCTIONS,
     MARKER,
-    PYTHON_RIC,
+    PROBE,
     REPO,
     Daemon,
     free_port,
+    ok,
+    poll,
     processes_with_marker,
     wait_for_port,
     wait_until_gone,
 )
 
 ENTRYPOINT = REPO / "examples" / "echo" / "lambda-entrypoint.sh"
-PROBE = [*PYTHON_RIC, "probe.handler"]
 DEFAULT_BOOTSTRAP_PATHS = ("/var/task/bootstrap", "/opt/bootstrap", "/var/runtime/bootstrap")
-
-
-def poll(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
-
-
-def ok(response: Any) -> Any:
-    assert response.status == 200, response.body
-    assert response.header("X-Amz-Function-Error") is None, response.body
-    return response.json()
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ import boto3
 import botocore.config
 import pytest
 
-from tests.e2e.conftest import PYTHON_RIC, Daemon, spawn_daemon
+from tests.e2e.conftest import PYTHON_RIC, Daemon, poll, spawn_daemon
 
 NAME = "fn"
 REGION = "us-east-1"
@@ -69,12 +68,7 @@ def payload_of(response: dict[str, Any]) -> Any:
 
 
 def wait_for_output(daemon: Daemon, text: str, timeout: float = 15) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in daemon.stdout():
-            return True
-        time.sleep(0.05)
-    return False
+    return bool(poll(lambda: text in daemon.stdout(), timeout))
 
 
 # -- boto3 --------------------------------------------------------------------------------

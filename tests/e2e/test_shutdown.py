@@ -13,26 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import PYTHON_RIC
-
-PROBE = [*PYTHON_RIC, "probe.handler"]
-
-
-def poll(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except OSError:
-        return False
+from tests.e2e.conftest import PROBE, alive, poll
 
 
 def child_pid(daemon: Any, request_id: str) -> int:
