@@ -38,6 +38,7 @@ from lambda_rapid.errors import (
     InvokeError,
     ResourceNotFound,
     ServiceUnavailable,
+    function_error_body,
 )
 from lambda_rapid.invocation import (
     Invocation,
@@ -109,15 +110,22 @@ def header_text(headers: Mapping[str, Any], name: str) -> str | None:
 
 
 def persistent_message(
-    body: bytes, message_id: str | None, headers: dict[str, Any]
+    body: bytes,
+    message_id: str | None,
+    headers: dict[str, Any],
+    timestamp: datetime | float | None = None,
 ) -> aio_pika.Message:
-    """A message that survives a broker restart (Events, retries, dead letters)."""
+    """A message that survives a broker restart (Events, retries, dead letters).
+
+    `timestamp` is when the event was first queued; its age is counted from it.
+    """
     return aio_pika.Message(
         body,
         message_id=message_id,
         headers=headers,
         delivery_mode=DeliveryMode.PERSISTENT,
         content_type="application/json",
+        timestamp=time.time() if timestamp is None else timestamp,
     )
 
 
@@ -260,6 +268,15 @@ class RpcConsumer:
         except InvokeError as error:
             await self._dead_letter(message, headers, attempt, error.code, error.body())
             return
+        if self._too_old(message.timestamp):
+            body = function_error_body(
+                "EventAgeExceeded",
+                f"The event was older than {self._config.max_event_age:g} seconds; not run",
+            )
+            await self._dead_letter(
+                message, headers, attempt - 1, "EventAgeExceeded", body, "EventAgeExceeded"
+            )
+            return
         result = await self._submit(invocation)
         if result.error_type is None:
             return
@@ -268,12 +285,21 @@ class RpcConsumer:
                 "event %s failed (%s); retry %d", invocation.request_id, result.error_type, attempt
             )
             headers[ATTEMPT] = attempt
-            retry = persistent_message(message.body, invocation.request_id, headers)
+            retry = persistent_message(
+                message.body, invocation.request_id, headers, message.timestamp
+            )
             await self._require_channel().default_exchange.publish(
                 retry, self._config.function_name
             )
             return
         await self._dead_letter(message, headers, attempt, result.error_type, result.body)
+
+    def _too_old(self, queued: datetime | None) -> bool:
+        """Whether an Event waited longer than MAXIMUM_EVENT_AGE."""
+        if queued is None:
+            return False
+        queued_at = queued.replace(tzinfo=UTC) if queued.tzinfo is None else queued
+        return time.time() - queued_at.timestamp() > self._config.max_event_age
 
     async def _dead_letter(
         self,
@@ -282,6 +308,7 @@ class RpcConsumer:
         attempts: int,
         error_type: str,
         error_body: bytes,
+        condition: str = "RetriesExhausted",
     ) -> None:
         logger.warning(
             "event %s failed %d time(s); sent to %s",
@@ -295,14 +322,14 @@ class RpcConsumer:
                 "x-error-type": error_type,
                 "x-error-body": error_body.decode(errors="replace"),
                 "x-function-arn": self._config.function_arn,
-                "x-condition": "RetriesExhausted",
+                "x-condition": condition,
                 # The attributes Lambda puts on the messages it sends to a dead-letter queue.
                 "RequestID": message.message_id or "",
                 "ErrorCode": "200",
                 "ErrorMessage": error_message(error_body),
             }
         )
-        dead = persistent_message(message.body, message.message_id, headers)
+        dead = persistent_message(message.body, message.message_id, headers, message.timestamp)
         await self._require_channel().default_exchange.publish(dead, self._config.dead_letter_queue)
 
 

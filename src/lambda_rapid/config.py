@@ -129,6 +129,7 @@ class DaemonConfig:
     amqp: AmqpConfig | None = None
     max_retry_attempts: int = 2
     dead_letter_queue: str = ""
+    max_event_age: float = 21600.0
     gateway_port: int | None = None
     gateway_event_format: str = "v2"
     gateway_stage: str | None = None

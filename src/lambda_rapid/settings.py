@@ -118,6 +118,13 @@ def _retry_attempts(text: str) -> int:
     return value
 
 
+def _event_age(text: str) -> float:
+    value = float(text)
+    if not 60 <= value <= 21600:
+        raise ValueError("must be between 60 and 21600 seconds")
+    return value
+
+
 def _queue_name(text: str) -> str:
     if not 1 <= len(text) <= 255:
         raise ValueError("must be a queue name of 1-255 characters")
@@ -308,6 +315,15 @@ DAEMON_AMQP_SETTINGS: tuple[Setting, ...] = (
         _queue_name,
         None,
         "queue for Event invocations that failed every attempt (default <function>-dlq)",
+    ),
+    Setting(
+        "max_event_age",
+        "MAXIMUM_EVENT_AGE",
+        "--maximum-event-age",
+        _event_age,
+        "21600",
+        "seconds an Event may wait in the queue before it is dead-lettered unrun "
+        "(60-21600, as Lambda's MaximumEventAgeInSeconds)",
     ),
 )
 

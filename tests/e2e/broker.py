@@ -174,6 +174,7 @@ def publish_event(
     *,
     message_id: str | None = None,
     headers: dict[str, Any] | None = None,
+    timestamp: int | None = None,
 ) -> str:
     """Publish an Event invocation (no reply_to), persistent, with confirms; its message id."""
     message_id = message_id or str(uuid.uuid4())
@@ -188,6 +189,7 @@ def publish_event(
                 delivery_mode=pika.DeliveryMode.Persistent,
                 content_type="application/json",
                 headers=headers,
+                timestamp=timestamp,
             ),
             mandatory=True,
         )

@@ -200,6 +200,22 @@ def test_failing_event_is_retried_twice_then_dead_lettered(names: Names, amqp_da
     assert queue_depth(names.url, name) == 0
 
 
+def test_event_older_than_the_maximum_age_is_dead_lettered_unrun(
+    names: Names, amqp_daemon: Any
+) -> None:
+    name = names.function()
+    daemon = amqp_daemon(name, {"MAXIMUM_EVENT_AGE": "60"})
+    stale, fresh = marker(), marker()
+    stale_id = publish_event(names.url, name, {"print": stale}, timestamp=int(time.time()) - 120)
+    publish_event(names.url, name, {"print": fresh}, timestamp=int(time.time()))
+    props, body = wait_for_message(names.url, f"{name}-dlq")
+    assert props.message_id == stale_id
+    assert json.loads(body) == {"print": stale}
+    assert header(props.headers, "x-condition") == "EventAgeExceeded"
+    assert wait_for(lambda: fresh in daemon.stdout(), 20)
+    assert stale not in daemon.stdout()
+
+
 def test_timed_out_event_is_retried(names: Names, amqp_daemon: Any) -> None:
     name = names.function()
     daemon = amqp_daemon(name, {"AWS_LAMBDA_FUNCTION_TIMEOUT": "1", "MAXIMUM_RETRY_ATTEMPTS": "1"})
