@@ -298,8 +298,7 @@ class RpcConsumer:
         """Whether an Event waited longer than MAXIMUM_EVENT_AGE."""
         if queued is None:
             return False
-        queued_at = queued.replace(tzinfo=UTC) if queued.tzinfo is None else queued
-        return time.time() - queued_at.timestamp() > self._config.max_event_age
+        return time.time() - epoch_of(queued) > self._config.max_event_age
 
     async def _dead_letter(
         self,
@@ -349,12 +348,13 @@ def deadline_start(timestamp: datetime) -> float:
     up to a second off its deadline; only an older one is taken as the start.
     """
     now = time.time()
-    sent = (
-        timestamp.replace(tzinfo=UTC).timestamp()
-        if timestamp.tzinfo is None
-        else (timestamp.timestamp())
-    )
+    sent = epoch_of(timestamp)
     return sent if sent < now - 1 else now
+
+
+def epoch_of(timestamp: datetime) -> float:
+    """A message timestamp in epoch seconds (AMQP timestamps are UTC, often naive)."""
+    return (timestamp if timestamp.tzinfo else timestamp.replace(tzinfo=UTC)).timestamp()
 
 
 class RpcClient:

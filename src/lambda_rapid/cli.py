@@ -20,6 +20,7 @@ from lambda_rapid.config import (
     daemon_config,
     server_config,
 )
+from lambda_rapid.sockets import listen_socket
 
 
 def run(main: Coroutine[Any, Any, int]) -> int:
@@ -41,29 +42,6 @@ def remember_signal(signum: int, frame: object) -> None:
     EARLY_SIGNALS.append(signum)
 
 
-def listen(host: str, port: int, settings: str) -> socket.socket:
-    """A listening TCP socket; a ConfigError naming `settings` when that fails."""
-    try:
-        infos = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-        family, kind, proto, _, address = infos[0]
-        sock = socket.socket(family, kind, proto)
-    except OSError as error:
-        raise ConfigError(f"cannot listen on {settings} {host}:{port}: {error}") from None
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(1024)
-    except OSError as error:
-        sock.close()
-        raise ConfigError(
-            f"cannot listen on {settings} {host}:{port}: {error.strerror or error}"
-        ) from None
-    sock.setblocking(False)
-    return sock
-
-
 def fail(message: str, prog: str = "lambda-runtime-api-daemon") -> None:
     print(f"{prog}: error: {message}", file=sys.stderr)
     raise SystemExit(2)
@@ -78,7 +56,7 @@ def daemon_main(argv: Sequence[str] | None = None) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, remember_signal)
     try:
-        invoke_socket = listen(config.invoke_api_host, config.port, "INVOKE_API_HOST:PORT")
+        invoke_socket = listen_socket(config.invoke_api_host, config.port, "INVOKE_API_HOST:PORT")
     except ConfigError as error:
         fail(str(error))
         return

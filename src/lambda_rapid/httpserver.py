@@ -261,11 +261,6 @@ class HttpServer:
             connection.close_if_idle(idle_since)
         self._sweep_later()
 
-    async def listen(self, host: str, port: int) -> None:
-        loop = asyncio.get_running_loop()
-        self._start_sweeping()
-        self._servers.append(await loop.create_server(self._factory, host, port, backlog=1024))
-
     async def serve_socket(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         self._start_sweeping()

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from lambda_rapid.config import ConfigError, DaemonConfig
+from lambda_rapid.config import DaemonConfig
 from lambda_rapid.dispatcher import Dispatcher
 from lambda_rapid.errors import (
     MAX_EVENT_PAYLOAD,
@@ -42,6 +42,7 @@ from lambda_rapid.invocation import (
     new_request_id,
     new_trace_id,
 )
+from lambda_rapid.sockets import listen_socket
 
 __all__ = [
     "Backend",
@@ -229,16 +230,8 @@ class InvokeApi:
         )
 
     async def start(self) -> None:
-        if self._listening is not None:
-            await self._server.serve_socket(self._listening)
-            return
-        try:
-            await self._server.listen(self._host, self._port)
-        except OSError as error:
-            raise ConfigError(
-                f"cannot listen on INVOKE_API_HOST:PORT {self._host}:{self._port}: "
-                f"{error.strerror or error}"
-            ) from None
+        listening = self._listening or listen_socket(self._host, self._port, "INVOKE_API_HOST:PORT")
+        await self._server.serve_socket(listening)
 
     def stop_accepting(self) -> None:
         self._accepting = False

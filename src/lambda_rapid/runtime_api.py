@@ -14,7 +14,7 @@ import socket
 from collections.abc import Awaitable
 from functools import partial
 
-from lambda_rapid.config import ConfigError, DaemonConfig
+from lambda_rapid.config import DaemonConfig
 from lambda_rapid.dispatcher import Dispatcher
 from lambda_rapid.errors import (
     MAX_RESPONSE_PAYLOAD,
@@ -25,6 +25,7 @@ from lambda_rapid.errors import (
 from lambda_rapid.httpserver import HttpServer, Request, Response
 from lambda_rapid.instance import Instance
 from lambda_rapid.invocation import Invocation, InvocationResult
+from lambda_rapid.sockets import listen_socket
 
 logger = logging.getLogger(__name__)
 
@@ -59,26 +60,14 @@ class RuntimeApi:
         self._config = config
         self._dispatcher = dispatcher
         self._sockets = [self._bind(slot) for slot in range(config.max_concurrency)]
-        self._slot_by_port = {s.getsockname()[1]: slot for slot, s in enumerate(self._sockets)}
         self._servers: list[HttpServer] = []
 
     def _bind(self, slot: int) -> socket.socket:
+        # The first slot is where Lambda's runtimes look (9001); the others take free ports.
         port = self._config.runtime_api_port if slot == 0 else 0
-        host = self._config.runtime_api_host
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as error:
-            sock.close()
-            raise ConfigError(
-                f"cannot listen on RUNTIME_API_HOST:RUNTIME_API_PORT {host}:{port}: "
-                f"{error.strerror or error}"
-            ) from None
-        sock.listen(128)
-        sock.setblocking(False)
-        return sock
+        return listen_socket(
+            self._config.runtime_api_host, port, "RUNTIME_API_HOST:RUNTIME_API_PORT"
+        )
 
     @property
     def addresses(self) -> list[str]:

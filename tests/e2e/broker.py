@@ -19,8 +19,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,6 +35,7 @@ import pytest
 from tests.e2e.conftest import (
     PYTHON_RIC,
     Daemon,
+    HttpProcess,
     Response,
     free_port,
     poll,
@@ -397,7 +396,7 @@ def amqp_daemon(names: Names, start_daemon: Any) -> Iterator[Callable[..., Daemo
 
 
 @dataclass
-class Server:
+class Server(HttpProcess):
     """A running lambda-server process."""
 
     proc: subprocess.Popen[bytes]
@@ -405,32 +404,7 @@ class Server:
     log_dir: Path
     stopped: bool = False
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stdout(self) -> str:
-        return (self.log_dir / "stdout").read_text(errors="replace")
-
-    def stderr(self) -> str:
-        return (self.log_dir / "stderr").read_text(errors="replace")
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None = None,
-        headers: dict[str, str] | None = None,
-        timeout: float = 60,
-    ) -> Response:
-        req = urllib.request.Request(
-            self.url + path, data=body, method=method, headers=headers or {}
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return Response(resp.status, dict(resp.headers), resp.read())
-        except urllib.error.HTTPError as err:
-            return Response(err.code, dict(err.headers), err.read())
+    request_timeout = 60.0
 
     def invoke(
         self,

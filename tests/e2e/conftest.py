@@ -107,8 +107,43 @@ class Response:
         return lowered.get(name.lower())
 
 
+class HttpProcess:
+    """Helpers for a started server with a `port` and a `log_dir` holding its output."""
+
+    port: int
+    log_dir: Path
+    request_timeout = 30.0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stdout(self) -> str:
+        return (self.log_dir / "stdout").read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return (self.log_dir / "stderr").read_text(errors="replace")
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Response:
+        req = urllib.request.Request(
+            self.url + path, data=body, method=method, headers=headers or {}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=timeout or self.request_timeout) as resp:
+                return Response(resp.status, dict(resp.headers), resp.read())
+        except urllib.error.HTTPError as err:
+            return Response(err.code, dict(err.headers), err.read())
+
+
 @dataclass
-class Daemon:
+class Daemon(HttpProcess):
     """A running daemon process and helpers to talk to it."""
 
     proc: subprocess.Popen[bytes]
@@ -119,29 +154,8 @@ class Daemon:
     function_name: str
     stopped: bool = field(default=False)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
     def invoke_url(self, name: str | None = None, query: str = "") -> str:
         return f"{self.url}/2015-03-31/functions/{name or self.function_name}/invocations{query}"
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None = None,
-        headers: dict[str, str] | None = None,
-        timeout: float = 30,
-    ) -> Response:
-        req = urllib.request.Request(
-            self.url + path, data=body, method=method, headers=headers or {}
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return Response(resp.status, dict(resp.headers), resp.read())
-        except urllib.error.HTTPError as err:
-            return Response(err.code, dict(err.headers), err.read())
 
     def invoke(
         self,
@@ -156,12 +170,6 @@ class Daemon:
         body = raw if raw is not None else json.dumps(payload).encode()
         path = f"/2015-03-31/functions/{name or self.function_name}/invocations{query}"
         return self.request("POST", path, body, headers, timeout)
-
-    def stdout(self) -> str:
-        return (self.log_dir / "stdout").read_text(errors="replace")
-
-    def stderr(self) -> str:
-        return (self.log_dir / "stderr").read_text(errors="replace")
 
     def runtime_pids(self) -> list[int]:
         return runtime_pids(self.token, self.proc.pid)
