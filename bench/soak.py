@@ -15,6 +15,7 @@ warm-up and at the end. A 500 answer, a daemon exit or growth beyond the limits 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -133,10 +134,8 @@ class Soak:
         head = f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: {7 * 1024 * 1024}\r\n\r\n"
         with self._connect() as sock:
             sock.sendall(head.encode())
-            try:
+            with contextlib.suppress(OSError):
                 sock.sendall(b"x" * 65536)
-            except OSError:
-                pass
             head_bytes = sock.recv(64)
         return head_bytes.split(b" ", 2)[1].decode() if head_bytes else "closed"
 
@@ -158,10 +157,8 @@ class Soak:
         with self._connect() as sock:
             sock.sendall(f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n".encode())
             sock.settimeout(0.5)
-            try:
+            with contextlib.suppress(TimeoutError):
                 sock.recv(64)
-            except TimeoutError:
-                pass
         return "abandoned"
 
     def _never_read(self, rng: random.Random) -> str:
