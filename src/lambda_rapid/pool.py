@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import cast
 
 from lambda_rapid.config import DaemonConfig, instance_environ
+from lambda_rapid.credentials import switch_user
 from lambda_rapid.instance import Instance, State
 from lambda_rapid.output import STDERR, STDOUT, OutputPipe, open_output_pipe
 
@@ -82,6 +83,8 @@ class InstanceProcess(asyncio.SubprocessProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.SubprocessTransport subclasses.
         self.transport = cast(asyncio.SubprocessTransport, transport)
+        # Known before the runtime can connect: the Runtime API's peer check needs it.
+        self.instance.pid = self.transport.get_pid()
 
     def drain_output(self) -> None:
         for pipe in self.pipes:
@@ -152,6 +155,7 @@ class Pool:
                 stderr=stderr_fd,
                 env=env,
                 start_new_session=True,
+                preexec_fn=switch_user(self._config.runtime_user),
             )
         except OSError as exc:
             logger.error("cannot start runtime %s: %s", self._config.command[0], exc)

@@ -1,7 +1,9 @@
 """The Lambda Runtime API (2018-06-01) served to runtime processes.
 
 There is one listener per pool slot, so the listener a request arrives on names the
-instance that sent it. Handlers are one per route; every misuse is answered with
+instance that sent it. Each connection is checked once, before its first request is
+served: only the processes of the slot's instance may use it (``peers``); anyone else
+gets 403 and nothing else. Handlers are one per route; every misuse is answered with
 Lambda's status code and ``{"errorMessage", "errorType"}`` body, rendered in one place.
 """
 
@@ -13,6 +15,7 @@ import logging
 import socket
 from collections.abc import Awaitable
 from functools import partial
+from typing import cast
 
 from lambda_rapid.config import DaemonConfig
 from lambda_rapid.dispatcher import Dispatcher
@@ -25,6 +28,7 @@ from lambda_rapid.errors import (
 from lambda_rapid.httpserver import HttpServer, Request, Response
 from lambda_rapid.instance import Instance
 from lambda_rapid.invocation import Invocation, InvocationResult
+from lambda_rapid.peers import PeerCheck, proc_available
 from lambda_rapid.sockets import listen_socket
 
 logger = logging.getLogger(__name__)
@@ -36,8 +40,22 @@ UNKNOWN_ERROR_TYPE = "Runtime.Unknown"
 JSON = {"Content-Type": "application/json"}
 
 
+class Forbidden(RuntimeApiError):
+    status = 403
+    error_type = "AccessDeniedException"
+
+
 def render_error(error: RuntimeApiError) -> Response:
     return Response(error.status, error.body(), JSON)
+
+
+REFUSAL = render_error(
+    Forbidden("This Runtime API address serves only its own runtime instance")
+).encode(keep_alive=False)
+# A refused client's request head is read (so that it sees the answer) up to this size,
+# and its connection is closed after this many seconds at most.
+MAX_REFUSED_HEAD = 64 * 1024
+REFUSED_LINGER = 10.0
 
 
 def error_type_of(body: bytes) -> str:
@@ -60,7 +78,21 @@ class RuntimeApi:
         self._config = config
         self._dispatcher = dispatcher
         self._sockets = [self._bind(slot) for slot in range(config.max_concurrency)]
-        self._servers: list[HttpServer] = []
+        self._servers: list[asyncio.Server] = []
+        self._peers = self._peer_check(config.runtime_api_peer_check)
+
+    @staticmethod
+    def _peer_check(enabled: bool) -> PeerCheck | None:
+        if not enabled:
+            return None
+        if not proc_available():
+            logger.warning(
+                "RUNTIME_API_PEER_CHECK: /proc is not mounted, so the Runtime API cannot "
+                "tell an instance's processes from other local processes; it serves "
+                "every connection (as with RUNTIME_API_PEER_CHECK=FALSE)"
+            )
+            return None
+        return PeerCheck()
 
     def _bind(self, slot: int) -> socket.socket:
         # The first slot is where Lambda's runtimes look (9001); the others take free ports.
@@ -79,14 +111,36 @@ class RuntimeApi:
         return result
 
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
         for slot, sock in enumerate(self._sockets):
-            server = HttpServer(partial(self.handle, slot), internal_error, MAX_RESPONSE_PAYLOAD)
-            await server.serve_socket(sock)
-            self._servers.append(server)
+            http = HttpServer(partial(self.handle, slot), internal_error, MAX_RESPONSE_PAYLOAD)
+            factory = partial(Guard, self, slot, http)
+            self._servers.append(await loop.create_server(factory, sock=sock, backlog=1024))
 
     async def close(self) -> None:
         for server in self._servers:
             server.close()
+        if self._peers is not None:
+            self._peers.close()
+
+    def owner(self, slot: int, transport: asyncio.BaseTransport) -> Instance | None:
+        """The slot's instance if the client of `transport` may use it, else None."""
+        instance = self._dispatcher.pool.instance_at(slot)
+        if self._peers is None:
+            return instance
+        if instance is None or instance.pid is None:
+            return None  # its runtime does not exist yet: nobody can be it
+        client = transport.get_extra_info("peername")
+        server = transport.get_extra_info("sockname")
+        pool = self._dispatcher.pool
+        roots = frozenset(i.pid for i in pool.instances if i.pid is not None)
+        if client and server and self._peers.belongs(client, server, instance.pid, roots):
+            return instance
+        logger.warning("refused a Runtime API client that is not the runtime's: %s", client)
+        return None
+
+    def instance_at(self, slot: int) -> Instance | None:
+        return self._dispatcher.pool.instance_at(slot)
 
     def handle(self, slot: int, request: Request) -> Response | Awaitable[Response]:
         """Route one request from the instance in `slot`."""
@@ -177,6 +231,74 @@ def next_response(invocation: Invocation) -> Response:
     if invocation.tenant_id:
         headers["Lambda-Runtime-Aws-Tenant-Id"] = invocation.tenant_id
     return Response(200, invocation.payload, headers)
+
+
+class Guard(asyncio.Protocol):
+    """Stands in front of one Runtime API connection.
+
+    When the connection is accepted its client is checked: an instance's own process is
+    handed to the HTTP protocol, anyone else gets a 403 after its request head, and
+    nothing more. Bytes that arrive once the slot holds another instance close it.
+    """
+
+    def __init__(self, api: RuntimeApi, slot: int, http: HttpServer) -> None:
+        self._api = api
+        self._slot = slot
+        self._http = http
+        self._inner: asyncio.Protocol | None = None
+        self._owner: Instance | None = None
+        self._transport: asyncio.Transport | None = None
+        self._head: bytes | None = b""
+        self._linger: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self._transport = cast(asyncio.Transport, transport)
+        self._owner = self._api.owner(self._slot, transport)
+        if self._owner is None:
+            loop = asyncio.get_running_loop()
+            self._linger = loop.call_later(REFUSED_LINGER, self._transport.abort)
+            return
+        # The HTTP server's own protocol, with its limits and connection count.
+        self._inner = self._http._factory()
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        inner = self._inner
+        if inner is None:
+            self._refuse(data)
+        elif self._owner is self._api.instance_at(self._slot):
+            inner.data_received(data)
+        elif self._transport is not None:
+            self._transport.abort()
+
+    def _refuse(self, data: bytes) -> None:
+        """Answer 403 once the request head is in; drop everything else."""
+        if self._head is None or self._transport is None:
+            return
+        self._head += data
+        if b"\r\n\r\n" in self._head or len(self._head) > MAX_REFUSED_HEAD:
+            self._head = None
+            self._transport.write(REFUSAL)
+            if self._transport.can_write_eof():
+                self._transport.write_eof()
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received() if self._inner is not None else False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
 
 
 def internal_error(error: Exception) -> Response:

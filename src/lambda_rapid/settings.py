@@ -229,6 +229,16 @@ DAEMON_SETTINGS: tuple[Setting, ...] = (
         is_switch=True,
     ),
     Setting(
+        "runtime_api_peer_check",
+        "RUNTIME_API_PEER_CHECK",
+        "--runtime-api-peer-check",
+        _boolean,
+        "TRUE",
+        "serve an instance's Runtime API only to that instance's processes (needs /proc); "
+        "others get 403",
+        is_switch=True,
+    ),
+    Setting(
         "log_level",
         "LOG_LEVEL",
         "--log-level",
