@@ -55,6 +55,55 @@ class RequestTooLarge(InvokeError):
     error_kind = "User"
 
 
+class TooManyRequests(InvokeError):
+    """Throttled: Lambda adds a Reason member to the body."""
+
+    status = 429
+    code = "TooManyRequestsException"
+    message_key = "message"
+    error_kind = "User"
+    reason = "ConcurrentInvocationLimitExceeded"
+
+    def body(self) -> bytes:
+        return json.dumps(
+            {"Type": self.error_kind, "message": self.message, "Reason": self.reason}
+        ).encode()
+
+
+class HeaderFieldsTooLarge(InvokeError):
+    """The request line and headers are over the size the Invoke API reads."""
+
+    status = 431
+    code = "RequestHeaderFieldsTooLarge"
+    message_key = "message"
+    error_kind = "User"
+
+
+class RequestTimeout(InvokeError):
+    """The client took too long to send its request."""
+
+    status = 408
+    code = "RequestTimeoutException"
+    message_key = "message"
+    error_kind = "User"
+
+
+class ExpectationFailed(InvokeError):
+    status = 417
+    code = "ExpectationFailedException"
+    message_key = "message"
+    error_kind = "User"
+
+
+class BadRequest(InvokeError):
+    """A request that is not well-formed HTTP/1.x."""
+
+    status = 400
+    code = "BadRequestException"
+    message_key = "message"
+    error_kind = "User"
+
+
 class UnknownOperation(InvokeError):
     status = 404
     code = "UnknownOperationException"

@@ -6,7 +6,9 @@ httptools, hands each complete ``Request`` to one handler function and writes it
 ``Response``. A handler may answer at once or return an awaitable (a future is answered
 from its done-callback, without a task). Requests on one connection are answered in
 order; keep-alive, ``Expect: 100-continue``, chunked request bodies and a body size cap
-(the handler sees ``body_too_large``) are handled here.
+(the handler sees ``body_too_large``) are handled here, and so are the limits that keep a
+hostile client from growing the daemon (``Limits``): request head size, time to send a
+request, idle time, open connections, pipelined requests and unread answers.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from http import HTTPStatus
 from typing import cast
@@ -30,12 +33,41 @@ STATUS_LINES = {
     status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n" for status in HTTPStatus
 }
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# Requests parsed but not yet answered on one connection before reading pauses.
+MAX_PIPELINED = 16
+# How long the rest of a refused body is read (and dropped) so the client sees the answer.
+DRAIN_SECONDS = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one server accepts. The defaults suit the Runtime API, whose clients are the
+    function's own runtimes: awslambdaric sends X-Ray error causes of up to 1 MiB in a
+    header, and a runtime may be quiet for as long as its handler runs."""
+
+    max_body: int
+    max_head: int = 1024 * 1024 + 64 * 1024  # request line + headers, bytes
+    keep_alive: float | None = None  # idle seconds before a connection is closed
+    request_timeout: float | None = None  # seconds from a request's first byte to its last
+    max_connections: int = 1024
+    # The most of an oversized body read and dropped after the answer, before closing:
+    # a client still sending when the socket closes may get a reset instead of the answer.
+    max_drain: int = 1 << 30
 
 
 class Request:
     """One parsed request. Header names are lower-case; the last value of a name wins."""
 
-    __slots__ = ("method", "path", "query", "headers", "body", "body_too_large", "body_size")
+    __slots__ = (
+        "method",
+        "path",
+        "query",
+        "headers",
+        "body",
+        "body_too_large",
+        "body_size",
+        "keep_alive",
+    )
 
     def __init__(self, method: str, path: str, query: str, headers: dict[str, str]) -> None:
         self.method = method
@@ -45,6 +77,7 @@ class Request:
         self.body = b""
         self.body_too_large = False
         self.body_size = 0
+        self.keep_alive = True
 
 
 class Response:
@@ -59,19 +92,65 @@ class Response:
         self.body = body
         self.headers = headers
 
-    def encode(self, keep_alive: bool) -> bytes:
+    def encode(self, keep_alive: bool, head: bool = False) -> bytes:
         status = STATUS_LINES.get(self.status) or f"HTTP/1.1 {self.status} Unknown\r\n"
         headers = self.headers
-        lines = (
-            "".join([f"{name}: {value}\r\n" for name, value in headers.items()]) if headers else ""
-        )
+        lines = ""
+        if headers:
+            lines = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+            # A CR or LF inside a name or value would forge headers: one scan to catch it.
+            if lines.count("\n") != len(headers) or lines.count("\r") != len(headers):
+                lines = safe_header_lines(headers)
         close = "" if keep_alive else "Connection: close\r\n"
-        head = f"{status}{lines}{close}Content-Length: {len(self.body)}\r\n\r\n"
-        return head.encode("latin-1") + self.body
+        head_bytes = f"{status}{lines}{close}Content-Length: {len(self.body)}\r\n\r\n"
+        if head:
+            return head_bytes.encode("latin-1")
+        return head_bytes.encode("latin-1") + self.body
+
+
+def safe_header_lines(headers: dict[str, str]) -> str:
+    """Header lines with every CR and LF inside names and values replaced by a space."""
+    table = {ord("\r"): " ", ord("\n"): " "}
+    return "".join(
+        [
+            f"{name.translate(table)}: {value.translate(table)}\r\n"
+            for name, value in headers.items()
+        ]
+    )
+
+
+def plain_refusal(status: int) -> Response:
+    """The server's own answer to a request it will not pass on (400, 408, 417, 431)."""
+    return Response(status, HTTPStatus(status).phrase.encode(), {"Content-Type": "text/plain"})
 
 
 Handler = Callable[[Request], "Response | Awaitable[Response]"]
 ErrorRenderer = Callable[[Exception], Response]
+Refusal = Callable[[int], Response]
+
+
+class _Stop(Exception):
+    """Raised from a parser callback to stop parsing a connection's input for good."""
+
+
+class Connections(set["HttpProtocol"]):
+    """A server's open connections; says once when there are too many."""
+
+    full = False
+
+    def admit(self, connection: HttpProtocol, limit: int) -> bool:
+        if len(self) < limit:
+            self.add(connection)
+            return True
+        if not self.full:
+            self.full = True
+            logger.warning("%d connections open: refusing new ones", limit)
+        return False
+
+    def release(self, connection: HttpProtocol, limit: int) -> None:
+        self.discard(connection)
+        if self.full and len(self) < limit // 2:
+            self.full = False
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -83,18 +162,35 @@ class HttpProtocol(asyncio.Protocol):
         on_error: ErrorRenderer,
         max_body: int,
         connections: set[HttpProtocol],
+        *,
+        limits: Limits | None = None,
+        refuse: Refusal = plain_refusal,
     ) -> None:
         self._handler = handler
         self._on_error = on_error
-        self._max_body = max_body
+        self._refuse = refuse
+        self._limits = limits = limits or Limits(max_body)
+        self._max_body = limits.max_body
         self._connections = connections
         self.last_active = time.monotonic()
+        # When the request being received began (0.0: none is), for the request deadline.
+        self.receiving_since = 0.0
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
-        self._pending: deque[tuple[Request, bool]] = deque()
+        # Requests waiting for their answer, and the refusal that ends a connection.
+        self._pending: deque[Request | Response] = deque()
         self._busy = False
+        self._stopped = False  # no more input is parsed
+        self._drain = 0  # bytes of a refused body still to read and drop
+        self._half_closed = False
+        self._write_paused = False
+        self._read_paused = False
         self._url = b""
         self._headers: dict[str, str] = {}
+        self._head_size = 0
+        self._in_head = False
+        self._head_spill = 0  # bytes of chunks that fell wholly inside one request head
+        self._head_began = False
         self._body: list[bytes] = []
         self._request: Request | None = None
 
@@ -103,16 +199,49 @@ class HttpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
         self._transport = cast(asyncio.Transport, transport)
-        self._connections.add(self)
+        if not self._admit():
+            self._stopped = True
+            self._transport.abort()
+            self._transport = None
+            return
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+    def _admit(self) -> bool:
+        connections, limit = self._connections, self._limits.max_connections
+        if isinstance(connections, Connections):
+            return connections.admit(self, limit)
+        if len(connections) >= limit:
+            return False
+        connections.add(self)
+        return True
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        self._stopped = True
         self._pending.clear()
-        self._connections.discard(self)
+        connections = self._connections
+        if isinstance(connections, Connections):
+            connections.release(self, self._limits.max_connections)
+        else:
+            connections.discard(self)
+
+    def pause_writing(self) -> None:
+        # The client is not reading its answers: stop reading its requests until it does.
+        self._write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._update_reading()
+        self._next()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+            self._transport = None
 
     def close_if_idle(self, idle_since: float) -> None:
         """Close a kept-alive connection with no request in flight since `idle_since`."""
@@ -120,26 +249,83 @@ class HttpProtocol(asyncio.Protocol):
             self._transport.close()
             self._transport = None
 
+    def cut_if_slow(self, started_before: float) -> None:
+        """Refuse (408) a request whose first byte came before `started_before`."""
+        # While reading is paused the wait is ours, not the client's.
+        if 0.0 < self.receiving_since < started_before and not self._read_paused:
+            self.receiving_since = 0.0
+            if not self._stopped:
+                self._end_with(self._refuse(408))
+
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
+        if self._stopped:
+            if self._drain:
+                self._drop(len(data))
+            return
+        was_in_head = self._in_head
+        self._head_began = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(400)
+            # The upgrade is ignored: the request is answered, then the connection closed.
+            self._end_with(None)
         except httptools.HttpParserError:
-            self._fail(400)
+            if not self._stopped:  # else a callback stopped on purpose
+                self._end_with(self._refuse(400))
+        else:
+            if was_in_head and self._in_head and not self._head_began:
+                # httptools holds a header until it ends: count what it is holding.
+                self._head_spill += len(data)
+                if self._head_spill > self._limits.max_head:
+                    self._end_with(self._refuse(431))
 
-    def _fail(self, status: int) -> None:
-        if self._transport is not None:
-            self._transport.write(Response(status).encode(keep_alive=False))
-            self._transport.close()
-            self._transport = None
+    def _drop(self, size: int) -> None:
+        self._drain = max(0, self._drain - size)
+        if not self._drain and self._half_closed:
+            self._close()
+
+    def _end_with(self, refusal: Response | None) -> None:
+        """Parse nothing more; answer what is pending, then `refusal`, then close."""
+        self._stopped = True
+        self._in_head = False
+        if refusal is not None:
+            self._pending.append(refusal)
+        elif self._pending:
+            last = self._pending[-1]
+            if isinstance(last, Request):
+                last.keep_alive = False
+        self._update_reading()
+        self._next()
+
+    def _update_reading(self) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        pause = (
+            (self._stopped and not self._drain)
+            or self._write_paused
+            or len(self._pending) >= MAX_PIPELINED
+        )
+        if pause != self._read_paused:
+            self._read_paused = pause
+            if pause:
+                transport.pause_reading()
+            else:
+                if self.receiving_since:
+                    self.receiving_since = time.monotonic()
+                transport.resume_reading()
 
     # -- httptools callbacks -----------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self.receiving_since = self.last_active
+        self._head_began = True
         self._url = b""
         self._headers = {}
+        self._head_size = 0
+        self._head_spill = 0
+        self._in_head = True
         self._body = []
         self._request = None
 
@@ -147,10 +333,24 @@ class HttpProtocol(asyncio.Protocol):
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value)
         self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         url = self._url
+        if self._head_size + len(url) > self._limits.max_head:
+            self._stop(self._refuse(431))
+        if self._parser.get_http_version() == "0.9":
+            self._stop(self._refuse(400))
+        self._request = request = self._new_request(url)
+        expect = self._headers.get("expect")
+        if self._over_limit(request):
+            self._stop(request)
+        if expect is not None:
+            self._expect(expect)
+
+    def _new_request(self, url: bytes) -> Request:
         if url.startswith(b"/"):  # origin form, as every client here sends
             path, _, query = url.partition(b"?")
             query, _, _ = query.partition(b"#")
@@ -158,78 +358,140 @@ class HttpProtocol(asyncio.Protocol):
             parsed = httptools.parse_url(url)
             path, query = parsed.path or b"/", parsed.query or b""
         method = self._parser.get_method().decode("latin-1")
-        self._request = Request(
-            method, path.decode("latin-1"), query.decode("latin-1"), self._headers
-        )
-        if self._headers.get("expect", "").lower() == "100-continue" and self._transport:
+        return Request(method, path.decode("latin-1"), query.decode("latin-1"), self._headers)
+
+    def _over_limit(self, request: Request) -> bool:
+        """A declared body over the cap: the handler answers at once, the body is not read."""
+        length = request.headers.get("content-length")
+        if length is None or int(length) <= self._max_body:
+            return False
+        request.body_too_large = True
+        request.body_size = int(length)
+        if "expect" not in request.headers:  # else the client waits, sending nothing
+            self._drain = min(request.body_size, self._limits.max_drain)
+        return True
+
+    def _expect(self, expect: str) -> None:
+        if expect.lower() != "100-continue":
+            self._stop(self._refuse(417))
+        if self._transport is not None:
             self._transport.write(CONTINUE)
+
+    def _stop(self, last: Request | Response) -> None:
+        """End the connection with `last` as its final answer, and leave the parser."""
+        if isinstance(last, Request):
+            last.keep_alive = False
+            self._pending.append(last)
+            self._end_with(None)
+        else:
+            self._end_with(last)
+        raise _Stop
 
     def on_body(self, body: bytes) -> None:
         request = self._request
         assert request is not None
         request.body_size += len(body)
         if request.body_size > self._max_body:
+            # Only a chunked body gets here (a declared length is checked up front).
             request.body_too_large = True
             self._body = []
-        elif not request.body_too_large:
-            self._body.append(body)
+            self._stop(request)
+        self._body.append(body)
 
     def on_message_complete(self) -> None:
         request = self._request
         assert request is not None
+        self.receiving_since = 0.0
         if self._body:
             request.body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        self._pending.append((request, self._parser.should_keep_alive()))
+        request.keep_alive = self._parser.should_keep_alive()
+        self._pending.append(request)
         if not self._busy:
             self._next()
+        elif len(self._pending) >= MAX_PIPELINED:
+            self._update_reading()
 
     # -- answering ---------------------------------------------------------------------
 
     def _next(self) -> None:
-        while self._pending and not self._busy:
-            request, keep_alive = self._pending.popleft()
+        while self._pending and not self._busy and not self._write_paused:
+            request = self._pending.popleft()
+            if isinstance(request, Response):
+                self._write(request, False)
+                return
             try:
                 answer = self._handler(request)
             except Exception as error:  # noqa: BLE001 - a handler bug must not kill the server
                 logger.exception("error handling %s %s", request.method, request.path)
                 answer = self._on_error(error)
             if isinstance(answer, Response):
-                self._write(answer, keep_alive)
+                self._write(answer, request.keep_alive, request.method == "HEAD")
                 continue
             self._busy = True
             future = asyncio.ensure_future(answer)
-            future.add_done_callback(partial(self._answered, keep_alive))
+            future.add_done_callback(partial(self._answered, request))
+        if self._stopped:
+            if not self._pending and not self._busy:
+                self._close()
+        elif self._read_paused:
+            self._update_reading()
 
-    def _answered(self, keep_alive: bool, done: asyncio.Future[Response]) -> None:
+    def _answered(self, request: Request, done: asyncio.Future[Response]) -> None:
         self._busy = False
         if done.cancelled():
-            self._fail(503)
+            self._pending.clear()
+            self._write(self._refuse(503), False)
             return
         error = done.exception()
         if error is not None:
             logger.error("error handling a request", exc_info=error)
-            self._write(self._on_error(error), keep_alive)  # type: ignore[arg-type]
+            answer = self._on_error(error)  # type: ignore[arg-type]
         else:
-            self._write(done.result(), keep_alive)
+            answer = done.result()
+        self._write(answer, request.keep_alive, request.method == "HEAD")
         self._next()
 
-    def _write(self, response: Response, keep_alive: bool) -> None:
+    def _write(self, response: Response, keep_alive: bool, head: bool = False) -> None:
         transport = self._transport
         if transport is None:
             return
-        transport.write(response.encode(keep_alive))
+        transport.write(response.encode(keep_alive, head))
         self.last_active = time.monotonic()
         if not keep_alive:
-            transport.close()
-            self._transport = None
+            self._pending.clear()
+            self._close()
+
+    def _close(self) -> None:
+        self._stopped = True
+        transport = self._transport
+        if transport is None:
+            return
+        if self._half_closed and self._drain:
+            return  # closed when the rest of the body is in, or given up on
+        if self._drain and transport.can_write_eof():
+            # Answered, but the client may still be sending the body: finish our side,
+            # read and drop the rest for a while, then close.
+            self._half_closed = True
+            transport.write_eof()
+            self._update_reading()
+            asyncio.get_running_loop().call_later(DRAIN_SECONDS, self._abandon_drain)
+            return
+        transport.close()
+        self._transport = None
+
+    def _abandon_drain(self) -> None:
+        self._drain = 0
+        self._close()
 
 
 class HttpServer:
     """Listening sockets serving one handler; closing stops accepting.
 
-    With `keep_alive` set, connections with no request in flight for that many seconds
-    are closed, so abandoned or half-sent requests cannot pile up. (The Runtime API sets
-    none: a runtime's connection is quiet for as long as its handler runs.)
+    With `limits.keep_alive` set, connections with no request in flight for that many
+    seconds are closed, and with `limits.request_timeout` set, a request still arriving
+    after that many seconds is refused (408), so abandoned, half-sent or trickled
+    requests cannot pile up. `refuse` renders the server's own refusals in the API's
+    style (default: a plain-text body).
     """
 
     def __init__(
@@ -238,33 +500,54 @@ class HttpServer:
         on_error: ErrorRenderer,
         max_body: int,
         keep_alive: float | None = None,
+        *,
+        limits: Limits | None = None,
+        refuse: Refusal = plain_refusal,
     ) -> None:
-        self._connections: set[HttpProtocol] = set()
-        self._factory = lambda: HttpProtocol(handler, on_error, max_body, self._connections)
+        self.limits = limits = limits or Limits(max_body, keep_alive=keep_alive)
+        self._connections = Connections()
+        self._factory = partial(
+            HttpProtocol,
+            handler,
+            on_error,
+            limits.max_body,
+            self._connections,
+            limits=limits,
+            refuse=refuse,
+        )
         self._servers: list[asyncio.Server] = []
-        self._keep_alive = keep_alive
         self._sweeper: asyncio.TimerHandle | None = None
 
-    def _start_sweeping(self) -> None:
-        if self._keep_alive is not None and self._sweeper is None:
-            self._sweep_later()
+    def _sweep_every(self) -> float | None:
+        periods = [p for p in (self.limits.keep_alive, self.limits.request_timeout) if p]
+        return min(periods) / 5 if periods else None
 
     def _sweep_later(self) -> None:
-        assert self._keep_alive is not None
-        loop = asyncio.get_running_loop()
-        self._sweeper = loop.call_later(self._keep_alive / 5, self._sweep)
+        every = self._sweep_every()
+        if every is not None:
+            loop = asyncio.get_running_loop()
+            self._sweeper = loop.call_later(every, self._sweep)
 
     def _sweep(self) -> None:
-        assert self._keep_alive is not None
-        idle_since = time.monotonic() - self._keep_alive
+        now = time.monotonic()
+        keep_alive, request_timeout = self.limits.keep_alive, self.limits.request_timeout
         for connection in list(self._connections):
-            connection.close_if_idle(idle_since)
+            if request_timeout is not None:
+                connection.cut_if_slow(now - request_timeout)
+            if keep_alive is not None:
+                connection.close_if_idle(now - keep_alive)
         self._sweep_later()
 
     async def serve_socket(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        self._start_sweeping()
+        if self._sweeper is None:
+            self._sweep_later()
         self._servers.append(await loop.create_server(self._factory, sock=sock, backlog=1024))
+
+    def drop_connections(self) -> None:
+        """Abort every open connection, answered or not."""
+        for connection in list(self._connections):
+            connection.abort()
 
     def close(self) -> None:
         if self._sweeper is not None:

@@ -12,6 +12,7 @@ import base64
 import binascii
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -88,6 +89,25 @@ class Invocation:
         return self.future.done()
 
 
+def reject_constant(name: str) -> None:
+    raise ValueError(f"Unrecognized token '{name}'")
+
+
+# Validation only: numbers stay text, so a 5 000-digit integer (valid JSON) does not hit
+# Python's int-string length limit, and NaN/Infinity (not JSON) are refused.
+STRICT_JSON = json.JSONDecoder(parse_int=str, parse_float=str, parse_constant=reject_constant)
+
+
+def parse_strict_json(data: bytes | str) -> object:
+    """The JSON value of `data`; ValueError for anything that is not RFC 8259 JSON."""
+    if isinstance(data, bytes):
+        data = data.decode(json.detect_encoding(data), "surrogatepass")
+    try:
+        return STRICT_JSON.decode(data)
+    except RecursionError:
+        raise ValueError("too deeply nested") from None
+
+
 def check_payload(payload: bytes, limit: int) -> None:
     """Lambda's checks on an invocation payload: size, then JSON unless empty."""
     if len(payload) > limit:
@@ -96,7 +116,7 @@ def check_payload(payload: bytes, limit: int) -> None:
         )
     if payload:
         try:
-            json.loads(payload)
+            parse_strict_json(payload)
         except ValueError as exc:
             raise InvalidRequestContent(
                 f"Could not parse request body into json: Could not parse payload into json: {exc}"
@@ -114,13 +134,62 @@ def decode_client_context(header: str | None) -> str | None:
                 f"Client context must be at most {MAX_CLIENT_CONTEXT} bytes once decoded."
             )
         text = raw.decode()
-        if not isinstance(json.loads(text), dict):
+        value = parse_strict_json(text)
+        if not isinstance(value, dict):
             raise ValueError("not an object")
     except (binascii.Error, ValueError):
         raise InvalidParameterValue(
             "Client context must be a valid Base64-encoded JSON object."
         ) from None
+    return header_safe_json(text)
+
+
+def header_safe_json(text: str) -> str:
+    """`text` (valid JSON) fit for an HTTP header: ASCII, no CR or LF.
+
+    Outside strings CR and LF are only whitespace, and inside them JSON allows no raw
+    control character, so blanking them keeps the value; other characters are escaped.
+    """
+    if not text.isascii():
+        # Only strings can hold non-ASCII characters: their \u escapes mean the same.
+        text = "".join([c if c.isascii() else json.dumps(c)[1:-1] for c in text])
+    if "\n" in text or "\r" in text:
+        text = text.replace("\r", " ").replace("\n", " ")
     return text
+
+
+def decode_cognito_identity(header: str | None) -> str | None:
+    """X-Amz-Cognito-Identity: a JSON object, passed on to the runtime as header-safe JSON."""
+    if not header:
+        return None
+    try:
+        if not isinstance(parse_strict_json(header), dict):
+            raise ValueError("not an object")
+    except ValueError:
+        raise InvalidParameterValue("Cognito identity must be a JSON object.") from None
+    return header_safe_json(header)
+
+
+TENANT_ID = re.compile(r"[A-Za-z0-9._:/=+\-@ ]{1,256}")
+TRACE_ID = re.compile(r"[\x20-\x7e]{1,2048}")
+
+
+def check_tenant_id(header: str | None) -> str | None:
+    if header is None:
+        return None
+    if TENANT_ID.fullmatch(header) is None:
+        raise InvalidParameterValue(
+            "TenantId must be 1 to 256 characters of letters, digits, spaces and ._:/=+-@"
+        )
+    return header
+
+
+def check_trace_id(header: str | None) -> str | None:
+    if header is None:
+        return None
+    if TRACE_ID.fullmatch(header) is None:
+        raise InvalidParameterValue("X-Amzn-Trace-Id must be printable ASCII.")
+    return header
 
 
 def new_trace_id() -> str:

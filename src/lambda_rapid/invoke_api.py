@@ -17,6 +17,7 @@ import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol, TypeVar
 
 from lambda_rapid.config import DaemonConfig
@@ -24,21 +25,29 @@ from lambda_rapid.dispatcher import Dispatcher
 from lambda_rapid.errors import (
     MAX_EVENT_PAYLOAD,
     MAX_REQUEST_PAYLOAD,
+    BadRequest,
+    ExpectationFailed,
+    HeaderFieldsTooLarge,
     InvalidParameterValue,
     InvokeError,
     MethodNotAllowed,
+    RequestTimeout,
     RequestTooLarge,
     ResourceNotFound,
     ServiceException,
     ServiceUnavailable,
+    TooManyRequests,
     UnknownOperation,
 )
-from lambda_rapid.httpserver import HttpServer, Request, Response
+from lambda_rapid.httpserver import HttpServer, Limits, Request, Response
 from lambda_rapid.invocation import (
     Invocation,
     InvocationResult,
     check_payload,
+    check_tenant_id,
+    check_trace_id,
     decode_client_context,
+    decode_cognito_identity,
     new_request_id,
     new_trace_id,
 )
@@ -61,6 +70,34 @@ GENERIC_NAME = "function"  # the emulator's fixed name, accepted for compatibili
 INVOCATION_TYPES = ("RequestResponse", "Event", "DryRun")
 EMPTY_EVENT = b"{}"
 KEEP_ALIVE_SECONDS = 75.0  # idle client connections are closed after this, as aiohttp does
+# What one client may make the Invoke API hold (it listens on every interface by default).
+LIMITS = Limits(
+    max_body=MAX_REQUEST_PAYLOAD + 1,  # the size check is ours, to answer as AWS does
+    max_head=64 * 1024,
+    keep_alive=KEEP_ALIVE_SECONDS,
+    request_timeout=30.0,  # time to send one request, 6 MB included
+    max_connections=1000,
+    max_drain=2 * MAX_REQUEST_PAYLOAD,
+)
+# Events held in memory (without a broker) before further ones are throttled.
+MAX_QUEUED_EVENTS = 1000
+MAX_QUEUED_EVENT_BYTES = 64 * 1024 * 1024
+
+
+REFUSALS: dict[int, InvokeError] = {
+    400: BadRequest("The request is not valid HTTP/1.1"),
+    408: RequestTimeout("The request was not received in time"),
+    417: ExpectationFailed("Only Expect: 100-continue is supported"),
+    431: HeaderFieldsTooLarge(
+        f"The request line and headers must be at most {LIMITS.max_head} bytes"
+    ),
+    503: ServiceUnavailable("The request was cancelled"),
+}
+
+
+def refusal(status: int) -> Response:
+    """The HTTP server's own refusals, in the Invoke API's error shape."""
+    return render_error(REFUSALS.get(status) or ServiceException("An internal error occurred"))
 
 
 def render_error(error: InvokeError, request_id: str | None = None) -> Response:
@@ -168,6 +205,7 @@ class LocalBackend:
         self._dispatcher = dispatcher
         self._version = config.function_version
         self._events: set[asyncio.Task[None]] = set()
+        self._event_bytes = 0
         self._event_slots = asyncio.Semaphore(config.max_concurrency)
 
     def resolve(self, function_name: str, qualifier: str | None) -> Target:
@@ -181,9 +219,20 @@ class LocalBackend:
         if self._durable_events is not None:
             await self._durable_events(invocation)
             return
+        size = len(invocation.payload)
+        if (
+            len(self._events) >= MAX_QUEUED_EVENTS
+            or self._event_bytes + size > MAX_QUEUED_EVENT_BYTES
+        ):
+            raise TooManyRequests("Rate Exceeded.")
         task = asyncio.get_running_loop().create_task(self._run_event(invocation))
         self._events.add(task)
-        task.add_done_callback(self._events.discard)
+        self._event_bytes += size
+        task.add_done_callback(partial(self._event_done, size))
+
+    def _event_done(self, size: int, task: asyncio.Task[None]) -> None:
+        self._events.discard(task)
+        self._event_bytes -= size
 
     async def dry_run(self, target: Target) -> None:
         return None
@@ -226,7 +275,7 @@ class InvokeApi:
         self._accepting = True
         # The size check is ours (to answer as AWS does), so the server's cap is above it.
         self._server = HttpServer(
-            self.handle, internal_error, MAX_REQUEST_PAYLOAD + 1, KEEP_ALIVE_SECONDS
+            self.handle, internal_error, LIMITS.max_body, limits=LIMITS, refuse=refusal
         )
 
     async def start(self) -> None:
@@ -304,10 +353,10 @@ class InvokeApi:
             payload=payload,
             timeout=self._timeout,
             invoked_arn=target.invoked_arn,
-            trace_id=headers.get("x-amzn-trace-id") or new_trace_id(),
+            trace_id=check_trace_id(headers.get("x-amzn-trace-id")) or new_trace_id(),
             client_context=client_context,
-            cognito_identity=headers.get("x-amz-cognito-identity"),
-            tenant_id=headers.get("x-amz-tenant-id"),
+            cognito_identity=decode_cognito_identity(headers.get("x-amz-cognito-identity")),
+            tenant_id=check_tenant_id(headers.get("x-amz-tenant-id")),
             want_log_tail=log_type == "Tail" and invocation_type == "RequestResponse",
         )
         if invocation_type == "Event":

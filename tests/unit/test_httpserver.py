@@ -2,10 +2,16 @@
 
 import asyncio
 import contextlib
+import select
 import socket
-from collections.abc import Awaitable, Callable
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
-from lambda_rapid.httpserver import HttpServer, Request, Response
+import pytest
+
+from lambda_rapid.httpserver import HttpServer, Limits, Request, Response
 
 Handler = Callable[[Request], "Response | Awaitable[Response]"]
 
@@ -156,3 +162,284 @@ def test_idle_connections_close_but_a_request_in_flight_does_not() -> None:
     closed, long_answer = asyncio.run(main())
     assert closed == b""
     assert long_answer.endswith(b"done")
+
+
+# -- hostile clients, on raw blocking sockets against a server in its own thread ----------
+
+
+class Running:
+    """An HttpServer on a loopback port, its event loop in a thread of its own."""
+
+    def __init__(self, handler: Handler, limits: Limits, small_buffers: bool = False) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.sock = socket.socket()
+        if small_buffers:  # inherited by accepted sockets: the kernel holds little for us
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32768)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.sock.setblocking(False)
+        self.port = self.sock.getsockname()[1]
+        self.server = HttpServer(handler, error_response, limits.max_body, limits=limits)
+        self.call(self.server.serve_socket(self.sock))
+        self.clients: list[socket.socket] = []
+
+    def call(self, coroutine: Awaitable[object]) -> object:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(10)  # type: ignore[arg-type]
+
+    def connect(self, small_buffers: bool = False) -> socket.socket:
+        client = socket.socket()
+        if small_buffers:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32768)
+        client.connect(("127.0.0.1", self.port))
+        client.settimeout(5)
+        self.clients.append(client)
+        return client
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+
+        async def stop() -> None:
+            self.server.close()
+            self.server.drop_connections()
+            await asyncio.sleep(0.01)
+
+        self.call(stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@contextlib.contextmanager
+def running(handler: Handler, small_buffers: bool = False, **limits: Any) -> Iterator[Running]:
+    limits.setdefault("max_body", 1024)
+    server = Running(handler, Limits(**limits), small_buffers)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def read_all(client: socket.socket) -> bytes:
+    """Everything until the server closes (or resets) the connection."""
+    received = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := client.recv(65536):
+            received += chunk
+    return received
+
+
+def ok(request: Request) -> Response:
+    return Response(200, b"hello")
+
+
+def send_until_stalled(client: socket.socket, data: bytes, stall: float = 1.0) -> int:
+    """Send `data` until the peer stops reading for `stall` seconds; the bytes sent."""
+    client.setblocking(False)
+    sent = 0
+    view = memoryview(data)
+    while sent < len(data):
+        try:
+            sent += client.send(view[sent : sent + 65536])
+        except BlockingIOError:
+            _, writable, _ = select.select([], [client], [], stall)
+            if not writable:
+                break
+        except (BrokenPipeError, ConnectionResetError):
+            break
+    client.settimeout(5)
+    return sent
+
+
+def test_a_request_head_over_the_cap_gets_431_and_is_not_buffered() -> None:
+    with running(ok, max_head=64 * 1024) as server:
+        # In one piece: counted from the parsed headers.
+        client = server.connect()
+        client.sendall(b"GET / HTTP/1.1\r\n" + b"X-A: " + b"a" * 70_000 + b"\r\n\r\n")
+        assert read_all(client).startswith(b"HTTP/1.1 431 ")
+        # Streamed without end (the daemon once took 107 MB of one header): cut early.
+        client = server.connect()
+        endless = b"GET / HTTP/1.1\r\nX-A: " + b"a" * (16 * 1024 * 1024)
+        sent = send_until_stalled(client, endless)
+        assert sent < len(endless)
+        assert read_all(client).startswith(b"HTTP/1.1 431 ")
+        # Below the cap, many headers are fine.
+        client = server.connect()
+        headers = b"".join(b"X-%d: %s\r\n" % (i, b"v" * 100) for i in range(400))
+        client.sendall(b"GET / HTTP/1.1\r\n" + headers + b"Connection: close\r\n\r\n")
+        assert read_all(client).startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_request_sent_a_byte_at_a_time_is_cut_off() -> None:
+    with running(ok, request_timeout=0.5) as server:
+        client = server.connect()
+        request = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X: y\r\n" * 1000
+        answer = b""
+        for byte in request[:100]:  # slowloris: never done, always active
+            client.send(bytes([byte]))
+            readable, _, _ = select.select([client], [], [], 0.1)
+            if readable:
+                answer = read_all(client)
+                break
+        assert answer.startswith(b"HTTP/1.1 408 ")
+
+
+def test_connections_over_the_cap_are_refused_with_one_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with running(ok, max_connections=3) as server:
+        kept = [server.connect() for _ in range(3)]
+        for client in kept:
+            client.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            assert client.recv(65536).startswith(b"HTTP/1.1 200 ")
+        for _ in range(2):
+            refused = server.connect()
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                refused.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            assert read_all(refused) == b""
+        full = [r for r in caplog.records if "connections open" in r.getMessage()]
+        assert len(full) == 1
+        for client in kept:
+            client.close()
+
+        def serves() -> bool:
+            client = server.connect()
+            client.sendall(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+            return read_all(client).startswith(b"HTTP/1.1 200 ")
+
+        assert poll_until(serves)
+
+
+def poll_until(predicate: Callable[[], bool], timeout: float = 5) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_pipelined_requests_behind_one_in_flight_are_not_all_read() -> None:
+    calls: list[str] = []
+
+    def handler(request: Request) -> "Response | Awaitable[Response]":
+        calls.append(request.path)
+        if request.path == "/hang":
+            return asyncio.get_running_loop().create_future()  # answered never
+        return Response(200)
+
+    with running(handler, small_buffers=True) as server:
+        client = server.connect(small_buffers=True)
+        one = b"GET /next HTTP/1.1\r\nX-Pad: " + b"p" * 1000 + b"\r\n\r\n"
+        stream = b"GET /hang HTTP/1.1\r\n\r\n" + one * 20_000  # 20 MB
+        sent = send_until_stalled(client, stream)
+        assert sent < len(stream) // 4
+        assert calls == ["/hang"]
+
+
+def test_a_client_that_never_reads_its_answers_stops_being_read() -> None:
+    answers = 0
+
+    def handler(request: Request) -> Response:
+        nonlocal answers
+        answers += 1
+        return Response(200, b"a" * 4096)
+
+    with running(handler, small_buffers=True) as server:
+        client = server.connect(small_buffers=True)
+        one = b"GET / HTTP/1.1\r\nX-Pad: " + b"p" * 1000 + b"\r\n\r\n"
+        stream = one * 8000  # 8 MB of requests for 32 MB of answers
+        sent = send_until_stalled(client, stream)
+        assert sent < len(stream) // 4
+        assert answers < 8000 // 4
+
+
+def test_expect_100_continue_over_the_cap_gets_413_at_once() -> None:
+    def handler(request: Request) -> Response:
+        return Response(413 if request.body_too_large else 200, b"")
+
+    with running(handler, max_body=100) as server:
+        client = server.connect()
+        client.sendall(b"POST / HTTP/1.1\r\nContent-Length: 1000\r\nExpect: 100-continue\r\n\r\n")
+        answer = read_all(client)
+        assert answer.startswith(b"HTTP/1.1 413 ")
+        assert b"100 Continue" not in answer
+        # Any other expectation: 417.
+        client = server.connect()
+        client.sendall(b"POST / HTTP/1.1\r\nContent-Length: 10\r\nExpect: something\r\n\r\n")
+        assert read_all(client).startswith(b"HTTP/1.1 417 ")
+
+
+def test_a_declared_body_over_the_cap_is_answered_before_it_is_sent() -> None:
+    sizes: list[int] = []
+
+    def handler(request: Request) -> Response:
+        sizes.append(request.body_size)
+        return Response(413 if request.body_too_large else 200, b"")
+
+    with running(handler, max_body=100) as server:
+        client = server.connect()
+        client.sendall(b"POST / HTTP/1.1\r\nContent-Length: 5000000\r\n\r\n")  # no body yet
+        answer = client.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 413 ")
+        assert b"Connection: close" in answer
+        assert sizes == [5_000_000]
+        # The connection ends once the client has sent its body (or given up).
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            client.sendall(b"x" * 5_000_000)
+        assert read_all(client) == b""
+
+
+def test_head_gets_no_body_and_the_next_answer_follows() -> None:
+    with running(ok) as server:
+        client = server.connect()
+        client.sendall(b"HEAD / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+        received = read_all(client)
+    first, _, rest = received.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 200 ") and b"Content-Length: 5" in first
+    assert rest.startswith(b"HTTP/1.1 200 ") and rest.endswith(b"\r\n\r\nhello")
+
+
+def test_an_upgrade_header_is_ignored_and_answered_once() -> None:
+    with running(ok) as server:
+        client = server.connect()
+        client.sendall(
+            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nsome bytes"
+        )
+        received = read_all(client)
+    assert received.startswith(b"HTTP/1.1 200 ") and received.endswith(b"hello")
+    assert received.count(b"HTTP/1.1 ") == 1
+
+
+def test_garbage_after_a_pipelined_request_does_not_swallow_its_answer() -> None:
+    def handler(request: Request) -> "Response | Awaitable[Response]":
+        answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_later(0.1, answer.set_result, Response(200, b"slow"))
+        return answer
+
+    with running(handler) as server:
+        client = server.connect()
+        client.sendall(b"GET /slow HTTP/1.1\r\n\r\nNOT HTTP\r\n\r\n")
+        received = read_all(client)
+    assert received.startswith(b"HTTP/1.1 200 ")
+    assert b"slowHTTP/1.1 400 " in received
+
+
+def test_a_request_line_without_version_gets_400() -> None:
+    with running(ok) as server:
+        client = server.connect()
+        client.sendall(b"GET /\r\n\r\n")
+        assert read_all(client).startswith(b"HTTP/1.1 400 ")
+
+
+def test_header_values_never_carry_cr_or_lf_to_the_wire() -> None:
+    response = Response(200, b"{}", {"X-A": 'x\r\nX-Forged: 1\r\n\r\n{"a"', "X-B\n": "ok"})
+    head = response.encode(keep_alive=True).split(b"\r\n\r\n")[0]
+    lines = head.split(b"\r\n")
+    assert not any(line.startswith(b"X-Forged") for line in lines)
+    assert b"\n" not in head.replace(b"\r\n", b"")
+    assert len(lines) == 4  # status, X-A, X-B, Content-Length
