@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import cast
 
 from lambda_rapid.config import DaemonConfig, instance_environ
-from lambda_rapid.credentials import switch_user
+from lambda_rapid.credentials import hand_over, switch_user
 from lambda_rapid.instance import Instance, State
 from lambda_rapid.output import STDERR, STDOUT, OutputPipe, open_output_pipe
 
@@ -146,6 +146,7 @@ class Pool:
 
         stdout, stdout_fd = await open_output_pipe(STDOUT, log_of)
         stderr, stderr_fd = await open_output_pipe(STDERR, log_of)
+        hand_over(self._config.runtime_user, stdout_fd, stderr_fd)
         try:
             _, protocol = await loop.subprocess_exec(
                 lambda: InstanceProcess(instance, (stdout, stderr), self._process_exited),

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lambda_rapid.credentials import parse_runtime_user, read_secret_file
+
 
 class ConfigError(Exception):
     """A setting has an invalid value; the CLI prints it on one line and exits 2."""
@@ -109,6 +111,10 @@ def _amqp_uri(text: str) -> str:
         for value in query.get(name, []):
             float(value)
     return text
+
+
+def _amqp_uri_file(path: str) -> str:
+    return _amqp_uri(read_secret_file(path))
 
 
 def _retry_attempts(text: str) -> int:
@@ -279,6 +285,15 @@ DAEMON_SETTINGS: tuple[Setting, ...] = (
         "5",
         "seconds in-flight invocations may finish after SIGTERM/SIGINT",
     ),
+    Setting(
+        "runtime_user",
+        "RUNTIME_USER",
+        "--runtime-user",
+        parse_runtime_user,
+        None,
+        "user runtimes run as when the daemon is root: name or uid[:gid], e.g. 65534:65534 "
+        "(unset: the daemon's user)",
+    ),
 )
 
 AMQP_SETTINGS: tuple[Setting, ...] = (
@@ -306,6 +321,22 @@ AMQP_SETTINGS: tuple[Setting, ...] = (
         _text,
         None,
         "broker password when AMQP_URI has none",
+    ),
+    Setting(
+        "amqp_uri_file",
+        "AMQP_URI_FILE",
+        "--amqp-uri-file",
+        _amqp_uri_file,
+        None,
+        "file holding AMQP_URI (e.g. a Docker or Kubernetes secret), instead of AMQP_URI",
+    ),
+    Setting(
+        "amqp_password_file",
+        "AMQP_PASSWORD_FILE",
+        "--amqp-password-file",
+        read_secret_file,
+        None,
+        "file holding AMQP_PASSWORD, instead of AMQP_PASSWORD",
     ),
 )
 

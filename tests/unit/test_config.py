@@ -17,6 +17,7 @@ from lambda_rapid.config import (
     instance_environ,
     runtime_base_environ,
 )
+from lambda_rapid.credentials import RuntimeUser
 
 PYTHON = sys.executable
 COMMAND = [PYTHON, "-m", "awslambdaric", "echo.handler"]
@@ -59,6 +60,7 @@ def test_every_setting_has_a_distinct_env_var_and_flag() -> None:
 
 
 ENV_VALUES = {
+    "RUNTIME_USER": ("54321:54322", "runtime_user", RuntimeUser(54321, 54322, (54322,))),
     "INVOKE_API_HOST": ("127.0.0.1", "invoke_api_host", "127.0.0.1"),
     "PORT": ("9000", "port", 9000),
     "RUNTIME_API_HOST": ("::1", "runtime_api_host", "::1"),
