@@ -3,19 +3,38 @@
 The daemon owns both pipes of every runtime (``OutputPipe``).
 
 Each pipe keeps its unfinished last line until the newline arrives, so lines from
-different instances never interleave mid-line. While an invocation asked for its log
-tail (`X-Amz-Log-Type: Tail`), the lines are also appended to that invocation's log.
+different instances never interleave mid-line; a line longer than 256 KB is cut into
+256 KB lines, as Lambda does, so what is kept per pipe is bounded. While an invocation
+asked for its log tail (`X-Amz-Log-Type: Tail`), the lines are also appended to that
+invocation's log, of which only the end is kept.
+
+Nothing here blocks the event loop on the daemon's own stdout/stderr: ``WRITER`` writes
+small pieces at once when there is room, hands the rest to a thread, and drops (and
+counts, in a note on stderr) what a slow reader leaves waiting beyond a bound, instead
+of stalling invocations.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import fcntl
 import os
+import select
+import termios
+import threading
+from collections import deque
 from collections.abc import Callable
 
 STDOUT = 1
 STDERR = 2
 LOG_TAIL_BYTES = 4096
+MAX_LINE = 256 * 1024  # Lambda's limit for one log line
+LOG_KEPT = 64 * 1024  # an invocation's log is cut back to its tail beyond this
+MAX_WAITING = 8 * 1024 * 1024  # output waiting for a slow stdout before some is dropped
+READ_SIZE = 65536
+
+Sink = Callable[[int, bytes], None]
 
 
 def write_fd(fd: int, data: bytes | bytearray | memoryview) -> None:
@@ -29,41 +48,148 @@ def write_fd(fd: int, data: bytes | bytearray | memoryview) -> None:
         pass
 
 
+class Writer:
+    """Writes to the daemon's own file descriptors from a thread, in order.
+
+    `write` never blocks: beyond `limit` bytes waiting, new output is dropped and
+    counted, and once the reader catches up a line on stderr says how much was lost.
+    """
+
+    def __init__(self, limit: int = MAX_WAITING) -> None:
+        self._limit = limit
+        self._queue: deque[tuple[int, bytes]] = deque()
+        self._waiting = 0
+        self._dropped = 0
+        self._busy = False
+        self._ready = threading.Condition(threading.Lock())
+        self._thread: threading.Thread | None = None
+        self._pollers: dict[int, select.poll] = {}
+
+    def write(self, fd: int, data: bytes) -> None:
+        with self._ready:
+            if not self._queue and not self._busy and self._writes_now(fd, data):
+                return
+            if self._waiting + len(data) > self._limit:
+                self._dropped += len(data)
+                return
+            self._queue.append((fd, data))
+            self._waiting += len(data)
+            if self._thread is None:
+                self._start()
+            self._ready.notify_all()
+
+    def _writes_now(self, fd: int, data: bytes) -> bool:
+        """Write at once what cannot block: up to PIPE_BUF bytes into a pipe with room."""
+        if len(data) > select.PIPE_BUF:
+            return False
+        poller = self._pollers.get(fd)
+        if poller is None:
+            poller = self._pollers[fd] = select.poll()
+            poller.register(fd, select.POLLOUT)
+        if not poller.poll(0):
+            return False
+        write_fd(fd, data)
+        return True
+
+    def _start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="output-writer", daemon=True)
+        self._thread.start()
+        atexit.register(self.flush, 2.0)
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                while not self._queue:
+                    self._busy = False
+                    self._ready.notify_all()
+                    self._ready.wait()
+                self._busy = True
+                fd, data = self._queue.popleft()
+                self._waiting -= len(data)
+                dropped, self._dropped = self._dropped, 0
+            write_fd(fd, data)
+            if dropped:
+                note = f"lambda-rapid: {dropped} bytes of output dropped (stdout too slow)\n"
+                write_fd(STDERR, note.encode())
+
+    def flush(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for everything queued to be written."""
+        with self._ready:
+            return self._ready.wait_for(lambda: not self._queue and not self._busy, timeout)
+
+
+WRITER = Writer()
+
+
 class LineBuffer:
-    """Splits a pipe's byte stream into whole lines for one destination fd."""
+    """Splits a pipe's byte stream into whole lines (at most MAX_LINE long) for one fd.
 
-    __slots__ = ("fd", "pending")
+    What it keeps between calls never holds a newline and is at most MAX_LINE long.
+    """
 
-    def __init__(self, fd: int) -> None:
+    __slots__ = ("fd", "pending", "_sink")
+
+    def __init__(self, fd: int, sink: Sink = write_fd) -> None:
         self.fd = fd
-        self.pending = b""
+        self.pending = bytearray()
+        self._sink = sink
 
     def feed(self, data: bytes) -> bytes:
         """Take new bytes; write and return the complete lines among them."""
-        end = data.rfind(b"\n")
-        if end < 0:
-            self.pending += data
+        if not self.pending and len(data) <= MAX_LINE and data.endswith(b"\n"):
+            self._sink(self.fd, data)  # the common case: whole lines, nothing kept
+            return data
+        buffer = self.pending
+        scanned = len(buffer)  # the kept part has no newline: search only the new bytes
+        buffer += data
+        lines = bytearray()
+        start, size = 0, len(buffer)
+        while start < size:
+            end = buffer.find(b"\n", max(start, scanned), start + MAX_LINE + 1)
+            if end >= 0:
+                lines += buffer[start : end + 1]
+                start = end + 1
+            elif size - start > MAX_LINE:
+                lines += buffer[start : start + MAX_LINE]
+                lines += b"\n"
+                start += MAX_LINE
+            else:
+                break
+        del buffer[:start]
+        if not lines:
             return b""
-        if self.pending:
-            lines = self.pending + data[: end + 1]
-        else:
-            lines = data[: end + 1] if end + 1 < len(data) else data
-        self.pending = data[end + 1 :]
-        write_fd(self.fd, lines)
-        return lines
+        out = bytes(lines)
+        self._sink(self.fd, out)
+        return out
 
     def flush(self) -> bytes:
         """Write what is left as a final line (the process has closed the pipe)."""
         if not self.pending:
             return b""
-        line, self.pending = self.pending + b"\n", b""
-        write_fd(self.fd, line)
+        line = bytes(self.pending) + b"\n"
+        self.pending.clear()
+        self._sink(self.fd, line)
         return line
 
 
 def log_tail(log: bytearray) -> bytes:
     """The last 4 KB of an invocation's log, as Lambda returns in X-Amz-Log-Result."""
     return bytes(log[-LOG_TAIL_BYTES:])
+
+
+def append_log(log: bytearray, data: bytes) -> None:
+    """Add to an invocation's log, keeping only what its tail can need."""
+    log += data
+    if len(log) > LOG_KEPT:
+        del log[:-LOG_TAIL_BYTES]
+
+
+def pipe_bytes(fd: int) -> int:
+    """Bytes waiting in a pipe."""
+    try:
+        return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"), "little")
+    except OSError:
+        return 0
 
 
 class OutputPipe(asyncio.Protocol):
@@ -76,7 +202,7 @@ class OutputPipe(asyncio.Protocol):
 
     def __init__(self, fd: int, destination: int, log_of: Callable[[], bytearray | None]) -> None:
         self.fd = fd
-        self._lines = LineBuffer(destination)
+        self._lines = LineBuffer(destination, WRITER.write)
         self._log_of = log_of
         self.closed = asyncio.get_running_loop().create_future()
 
@@ -92,19 +218,21 @@ class OutputPipe(asyncio.Protocol):
             self.closed.set_result(None)
 
     def drain(self) -> None:
-        """Take in whatever the runtime has written so far."""
+        """Take in what the runtime has written so far (no more: it may still be writing)."""
         if self.closed.done():
             return
+        left = pipe_bytes(self.fd)
         try:
-            while data := os.read(self.fd, 65536):
+            while left > 0 and (data := os.read(self.fd, min(left, READ_SIZE))):
+                left -= len(data)
                 self.data_received(data)
-        except (BlockingIOError, OSError):
+        except OSError:
             pass
 
     def _capture(self, lines: bytes) -> None:
         log = self._log_of()
         if lines and log is not None:
-            log += lines
+            append_log(log, lines)
 
 
 async def open_output_pipe(

@@ -11,7 +11,7 @@ import math
 import time
 
 from lambda_rapid.invocation import Invocation
-from lambda_rapid.output import STDOUT, write_fd
+from lambda_rapid.output import STDOUT, WRITER, append_log
 
 MAX_PROCESSES = 64  # enough for any runtime's own tree; bounds the cost of a report
 
@@ -98,6 +98,6 @@ class Reporter:
 
     def _emit(self, invocation: Invocation, line: bytes) -> None:
         if self.enabled:
-            write_fd(STDOUT, line)
+            WRITER.write(STDOUT, line)
         if invocation.log is not None:
-            invocation.log += line
+            append_log(invocation.log, line)

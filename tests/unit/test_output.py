@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 
 import pytest
 
-from lambda_rapid.output import LOG_TAIL_BYTES, LineBuffer, log_tail, write_fd
+from lambda_rapid.output import (
+    LOG_KEPT,
+    LOG_TAIL_BYTES,
+    MAX_LINE,
+    LineBuffer,
+    Writer,
+    append_log,
+    log_tail,
+    write_fd,
+)
 
 
 @pytest.fixture
@@ -144,3 +154,62 @@ def test_log_tail_is_a_copy() -> None:
     tail = log_tail(log)
     log += b"def"
     assert tail == b"abc"
+
+
+def test_a_long_line_is_cut_into_256_kb_lines(pipe: tuple[int, int]) -> None:
+    read_fd, write_end = pipe
+    written: list[bytes] = []
+    buffer = LineBuffer(write_end, lambda fd, data: written.append(data))
+    line = b"y" * (MAX_LINE * 2 + 10) + b"\n"
+    for start in range(0, len(line), 1000):
+        buffer.feed(line[start : start + 1000])
+    assert b"".join(written).split(b"\n") == [b"y" * MAX_LINE, b"y" * MAX_LINE, b"y" * 10, b""]
+
+
+def test_a_line_of_exactly_256_kb_stays_whole() -> None:
+    written: list[bytes] = []
+    buffer = LineBuffer(1, lambda fd, data: written.append(data))
+    buffer.feed(b"z" * (MAX_LINE - 1))
+    buffer.feed(b"z\n")
+    assert written == [b"z" * MAX_LINE + b"\n"]
+
+
+def test_output_without_newlines_keeps_a_bounded_buffer() -> None:
+    written: list[bytes] = []
+    buffer = LineBuffer(1, lambda fd, data: written.append(data))
+    chunk = b"x" * 65536
+    for _ in range(320):  # 20 MB without a newline
+        buffer.feed(chunk)
+        assert len(buffer.pending) <= MAX_LINE
+    lines = b"".join(written).split(b"\n")[:-1]
+    assert {len(line) for line in lines} == {MAX_LINE}
+    assert len(lines) * MAX_LINE + len(buffer.pending) == 320 * len(chunk)
+
+
+def test_an_invocation_log_keeps_only_its_end() -> None:
+    log = bytearray()
+    for n in range(10000):
+        append_log(log, f"line {n}\n".encode())
+        assert len(log) <= LOG_KEPT
+    assert log_tail(log).endswith(b"line 9999\n")
+    assert len(log_tail(log)) == LOG_TAIL_BYTES
+
+
+def test_writer_never_blocks_on_a_reader_that_does_not_read(pipe: tuple[int, int]) -> None:
+    read_fd, write_end = pipe
+    writer = Writer(limit=256 * 1024)
+    piece = b"w" * 10000 + b"\n"
+    # 2 MB into a 64 KB pipe that nobody reads yet: every write returns all the same.
+    writing = threading.Thread(target=lambda: [writer.write(write_end, piece) for _ in range(200)])
+    writing.start()
+    writing.join(30)
+    assert not writing.is_alive(), "a write blocked"
+    received = bytearray()
+    while True:
+        done = writer.flush(0.01)
+        data = drain(read_fd)
+        received += data
+        if done and not data:
+            break
+    assert 0 < len(received) < 200 * len(piece), "nothing was dropped"
+    assert received == piece * (len(received) // len(piece)), "a line was cut or reordered"
