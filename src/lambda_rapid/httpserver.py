@@ -228,6 +228,12 @@ class HttpProtocol(asyncio.Protocol):
         else:
             connections.discard(self)
 
+    def eof_received(self) -> bool | None:
+        # A client may end its side after its requests: it still gets the answers.
+        self._stopped = True
+        self._drain = 0
+        return True if self._busy or self._pending else None
+
     def pause_writing(self) -> None:
         # The client is not reading its answers: stop reading its requests until it does.
         self._write_paused = True
