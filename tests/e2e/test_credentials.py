@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shutil
 import subprocess
+import tempfile
 import urllib.parse
 import uuid
 from collections.abc import Iterator
@@ -166,10 +168,10 @@ def test_password_in_a_file(
     assert_out_of_reach(report, daemon, broker_user)
 
 
-def runtime_code_dir(tmp_path: Path) -> Path:
+def runtime_code_dir() -> Path:
     """The function's code where any user can read it (pytest's tmp_path is private)."""
-    code = Path(f"/tmp/rapid-credentials-{uuid.uuid4().hex}")
-    code.mkdir(mode=0o755)
+    code = Path(tempfile.mkdtemp(prefix="rapid-credentials-"))
+    code.chmod(0o755)
     (code / "snoop.py").write_text((FUNCTIONS / "snoop.py").read_text())
     (code / "snoop.py").chmod(0o644)
     return code
@@ -179,9 +181,9 @@ def runtime_code_dir(tmp_path: Path) -> Path:
 @pytest.mark.skipif(not os.access(SYSTEM_PYTHON, os.X_OK), reason="no system python3")
 @pytest.mark.parametrize("runtime_user", ["nobody", "54321"])
 def test_runtimes_as_an_unprivileged_user(
-    names: Names, start_daemon: Any, broker_user: BrokerUser, tmp_path: Path, runtime_user: str
+    names: Names, start_daemon: Any, broker_user: BrokerUser, runtime_user: str
 ) -> None:
-    code = runtime_code_dir(tmp_path)
+    code = runtime_code_dir()
     env = {"AMQP_URI": broker_user.uri(), "RUNTIME_USER": runtime_user}
     try:
         function = names.function("credentials")
@@ -193,12 +195,10 @@ def test_runtimes_as_an_unprivileged_user(
         wait_consuming(daemon)
         report = snoop(names, function, broker_user)
     finally:
-        for entry in code.iterdir():
-            entry.unlink()
-        code.rmdir()
+        shutil.rmtree(code)
     if runtime_user == "nobody":
-        entry = pwd.getpwnam("nobody")
-        uid, gid = entry.pw_uid, entry.pw_gid
+        nobody = pwd.getpwnam("nobody")
+        uid, gid = nobody.pw_uid, nobody.pw_gid
         groups = set(os.getgrouplist("nobody", gid))
     else:  # unknown to /etc/passwd: its own number as group, no other group
         uid = gid = 54321
