@@ -353,6 +353,9 @@ class HttpProtocol(asyncio.Protocol):
         expect = self._headers.get("expect")
         if self._over_limit(request):
             self._stop(request)
+        if "upgrade" in self._headers and self._declares_body():
+            # httptools would skip the body of an upgrade: refuse rather than serve it empty.
+            self._stop(self._refuse(400))
         if expect is not None:
             self._expect(expect)
 
@@ -376,6 +379,10 @@ class HttpProtocol(asyncio.Protocol):
         if "expect" not in request.headers:  # else the client waits, sending nothing
             self._drain = min(request.body_size, self._limits.max_drain)
         return True
+
+    def _declares_body(self) -> bool:
+        headers = self._headers
+        return "transfer-encoding" in headers or headers.get("content-length", "0") != "0"
 
     def _expect(self, expect: str) -> None:
         if expect.lower() != "100-continue":

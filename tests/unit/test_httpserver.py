@@ -415,6 +415,23 @@ def test_an_upgrade_header_is_ignored_and_answered_once() -> None:
     assert received.count(b"HTTP/1.1 ") == 1
 
 
+def test_an_upgrade_with_a_body_is_refused_not_served_empty() -> None:
+    bodies: list[bytes] = []
+
+    def handler(request: Request) -> Response:
+        bodies.append(request.body)
+        return Response(200)
+
+    with running(handler) as server:
+        client = server.connect()
+        client.sendall(
+            b"POST / HTTP/1.1\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n"
+            b"Content-Length: 3\r\n\r\nabc"
+        )
+        assert read_all(client).startswith(b"HTTP/1.1 400 ")
+    assert bodies == []
+
+
 def test_garbage_after_a_pipelined_request_does_not_swallow_its_answer() -> None:
     def handler(request: Request) -> "Response | Awaitable[Response]":
         answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
