@@ -65,6 +65,7 @@ class Daemon:
         self.gateway = self._gateway()
         self._consuming: asyncio.Task[None] | None = None
         self._reaper: asyncio.Task[None] | None = None
+        self._announcing: asyncio.Task[None] | None = None
 
     def _amqp_consumer(self) -> RpcConsumer | None:
         if self.config.amqp is None:
@@ -118,8 +119,18 @@ class Daemon:
         await self.invoke_api.start()
         if self.gateway is not None:
             await self.gateway.start()
-        if self.consumer is not None:
+        if self.consumer is None:
+            self._log_ready()
+        else:
             self._consuming = loop.create_task(self.consumer.run())
+            # With a broker, "ready" waits for the queue to be consumed: the readiness signal.
+            self._announcing = loop.create_task(self._ready_when_consuming(self.consumer))
+
+    async def _ready_when_consuming(self, consumer: RpcConsumer) -> None:
+        await consumer.consuming.wait()
+        self._log_ready()
+
+    def _log_ready(self) -> None:
         logger.info(
             "function %s ready: Invoke API on %s:%d, runtime %s, max concurrency %d",
             self.config.function_name,
@@ -148,6 +159,8 @@ class Daemon:
         await self.dispatcher.close(RUNTIME_STOP_GRACE)
         if self._reaper is not None:
             self._reaper.cancel()
+        if self._announcing is not None:
+            self._announcing.cancel()
         await self.invoke_api.close()
         if self.gateway is not None:
             await self.gateway.close()

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import signal
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, DeliveryMode
 
 from lambda_rapid import amqp
-from lambda_rapid.amqp import BrokerUnavailable, RpcClient, header_text
+from lambda_rapid.amqp import BrokerUnavailable, RpcClient
+from lambda_rapid.amqp_wire import MalformedMessage, header_text, log_result_of, wire_safe
 from lambda_rapid.config import ServerConfig
 from lambda_rapid.errors import InvokeError, ResourceNotFound, timeout_error
 from lambda_rapid.invocation import Invocation, InvocationResult
@@ -30,6 +33,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 VALID_NAME = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+ERROR_CODE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.")
+VALID_ERROR_STATUS = range(400, 600)
+INVALID_REPLY = json.dumps(
+    {"Type": "Service", "Message": "The function's daemon sent an invalid reply"}
+).encode()
 
 
 class RemoteError(InvokeError):
@@ -72,6 +80,10 @@ class AmqpBackend:
             headers["X-Amz-Client-Context"] = encoded
         if invocation.want_log_tail:
             headers["X-Amz-Log-Type"] = "Tail"
+        if invocation.cognito_identity:
+            headers[amqp.COGNITO_IDENTITY] = invocation.cognito_identity
+        if invocation.tenant_id:
+            headers[amqp.TENANT_ID] = invocation.tenant_id
         return aio_pika.Message(
             invocation.payload,
             message_id=invocation.request_id,
@@ -98,25 +110,44 @@ class AmqpBackend:
         await self._client.publish(target.function_name, target.invoked_arn, message)
 
     async def dry_run(self, target: Target) -> None:
-        if await self._client.consumers(target.function_name) is None:
+        # The same test as an Event's: the function's daemon set up its exchange and queue.
+        if not await self._client.exists(target.function_name):
             raise ResourceNotFound(f"Function not found: {target.invoked_arn}")
+
+
+def reply_text(headers: Mapping[str, Any], name: str) -> str | None:
+    """A reply header that may become an HTTP header: None unless text and header-safe."""
+    try:
+        value = header_text(headers, name)
+    except MalformedMessage:
+        return None
+    return value if value is not None and wire_safe(value) else None
+
+
+def remote_error(headers: Mapping[str, Any], body: bytes) -> RemoteError:
+    """The error the daemon decided; an invalid one becomes a 502 ServiceException."""
+    code = reply_text(headers, amqp.ERROR_CODE)
+    status = headers.get(amqp.ERROR_STATUS)
+    if isinstance(status, bytes | str) and status.isdigit():
+        status = int(status)
+    if code and ERROR_CODE_CHARS.issuperset(code) and status in VALID_ERROR_STATUS:
+        assert isinstance(status, int)
+        return RemoteError(status, code, body)
+    return RemoteError(502, "ServiceException", INVALID_REPLY)
 
 
 def result_from_reply(reply: AbstractIncomingMessage) -> InvocationResult:
     headers = reply.headers or {}
-    code = header_text(headers, amqp.ERROR_CODE)
-    if code is not None:
-        status = int(header_text(headers, amqp.ERROR_STATUS) or 500)
-        raise RemoteError(status, code, reply.body)
+    if amqp.ERROR_CODE in headers:
+        raise remote_error(headers, reply.body)
     error_type = None
-    if header_text(headers, amqp.FUNCTION_ERROR):
-        error_type = header_text(headers, amqp.ERROR_TYPE) or "Unhandled"
-    log_result = header_text(headers, amqp.LOG_RESULT)
+    if amqp.FUNCTION_ERROR in headers:
+        error_type = reply_text(headers, amqp.ERROR_TYPE) or "Unhandled"
     return InvocationResult(
         reply.body,
         error_type,
-        base64.b64decode(log_result) if log_result else None,
-        header_text(headers, amqp.EXECUTED_VERSION) or "$LATEST",
+        log_result_of(reply_text(headers, amqp.LOG_RESULT)),
+        reply_text(headers, amqp.EXECUTED_VERSION) or "$LATEST",
     )
 
 

@@ -366,6 +366,15 @@ DAEMON_AMQP_SETTINGS: tuple[Setting, ...] = (
         "seconds an Event may wait in the queue before it is dead-lettered unrun "
         "(60-21600, as Lambda's MaximumEventAgeInSeconds)",
     ),
+    Setting(
+        "event_retry_delay",
+        "RETRY_DELAY",
+        "--retry-delay",
+        _non_negative_seconds,
+        "60",
+        "seconds before the first retry of a failed Event, doubled for each later one, "
+        "waited in the broker (0: retry at once)",
+    ),
 )
 
 

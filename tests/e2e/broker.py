@@ -58,6 +58,7 @@ __all__ = [
     "close_broker_connections",
     "count_lines",
     "declare_queue",
+    "function_exchange",
     "get_message",
     "header",
     "kill_runtimes",
@@ -141,10 +142,17 @@ def queue_depth(url: str, queue: str) -> int | None:
         return int(ok.method.message_count)
 
 
+def function_exchange(name: str) -> str:
+    """The exchange a daemon binds its function's queue to (as amqp.function_exchange)."""
+    return f"lambda-function.{name}"
+
+
 def declare_queue(url: str, queue: str) -> None:
-    """Declare `queue` as the daemon does (durable), so both declarations agree."""
+    """Set function `queue` up as its daemon does (durable, bound to its exchange)."""
     with broker_connection(url) as channel:
         channel.queue_declare(queue, durable=True)
+        channel.exchange_declare(function_exchange(queue), "direct", durable=True)
+        channel.queue_bind(queue, function_exchange(queue), routing_key=queue)
 
 
 def get_message(url: str, queue: str) -> tuple[Any, bytes] | None:
@@ -285,11 +293,13 @@ class Names:
 
     url: str
     queues: list[str] = field(default_factory=list)
+    exchanges: list[str] = field(default_factory=list)
 
     def function(self, prefix: str = "e2e") -> str:
-        """A fresh function name; its queue and default dead-letter queue are tracked."""
+        """A fresh function name; its queues (dead-letter, retry) and exchange are tracked."""
         name = f"{prefix}-{uuid.uuid4().hex[:12]}"
-        self.queues += [name, f"{name}-dlq"]
+        self.queues += [name, f"{name}-dlq", f"{name}-retry-1", f"{name}-retry-2"]
+        self.exchanges.append(function_exchange(name))
         return name
 
     def queue(self, prefix: str = "e2e-q") -> str:
@@ -307,6 +317,12 @@ class Names:
                     channel = connection.channel()
                     with contextlib.suppress(pika.exceptions.AMQPError):
                         channel.queue_delete(queue)
+                    with contextlib.suppress(pika.exceptions.AMQPError):
+                        channel.close()
+                for exchange in self.exchanges:
+                    channel = connection.channel()
+                    with contextlib.suppress(pika.exceptions.AMQPError):
+                        channel.exchange_delete(exchange)
                     with contextlib.suppress(pika.exceptions.AMQPError):
                         channel.close()
             finally:

@@ -182,7 +182,7 @@ def test_http_keeps_working_in_amqp_mode(names: Names, amqp_daemon: Any) -> None
 
 def test_failing_event_is_retried_twice_then_dead_lettered(names: Names, amqp_daemon: Any) -> None:
     name = names.function()
-    daemon = amqp_daemon(name)
+    daemon = amqp_daemon(name, {"RETRY_DELAY": "0"})
     text = marker()
     event = {"print": text, "raise": "always"}
     message_id = publish_event(names.url, name, event)
@@ -218,7 +218,8 @@ def test_event_older_than_the_maximum_age_is_dead_lettered_unrun(
 
 def test_timed_out_event_is_retried(names: Names, amqp_daemon: Any) -> None:
     name = names.function()
-    daemon = amqp_daemon(name, {"AWS_LAMBDA_FUNCTION_TIMEOUT": "1", "MAXIMUM_RETRY_ATTEMPTS": "1"})
+    env = {"AWS_LAMBDA_FUNCTION_TIMEOUT": "1", "MAXIMUM_RETRY_ATTEMPTS": "1", "RETRY_DELAY": "0"}
+    daemon = amqp_daemon(name, env)
     text = marker()
     publish_event(names.url, name, {"print": text, "sleep": 3})
     props, _ = wait_for_message(names.url, f"{name}-dlq", timeout=40)

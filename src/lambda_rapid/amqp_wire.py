@@ -1,0 +1,204 @@
+"""What arrives over AMQP, checked before it can reach a runtime, a reply or a log.
+
+Owns the tolerant frame decoding (a message whose properties cannot be decoded must not
+take the whole connection down with it), the validation of the properties and headers
+that become Runtime API or Invoke API headers (no CR/LF ever reaches the wire), and the
+size bounds of the headers this daemon adds to retries and dead letters.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import pamqp.decode
+import pamqp.encode
+
+from lambda_rapid.errors import InvalidParameterValue
+from lambda_rapid.invocation import decode_client_context, new_request_id, new_trace_id
+
+# Put in place of what pamqp could not decode, so the message can be rejected by us.
+UNDECODABLE_HEADERS = "x-undecodable-headers"
+UNDECODABLE_TIME = datetime(1, 1, 1, tzinfo=UTC)
+
+MAX_REQUEST_ID = 128
+REQUEST_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+MAX_HEADER_VALUE = 4096  # a trace id, ARN, tenant or identity longer than this is refused
+MAX_COPIED_HEADERS = 32 * 1024  # the publisher's headers kept on retries and dead letters
+MAX_ERROR_HEADER = 8 * 1024  # x-error-body: a copy; the frame must stay far below frame_max
+MAX_ERROR_MESSAGE = 1024  # Lambda puts "the first 1 KB of the error message" on dead letters
+
+Decoder = Callable[[bytes], tuple[int, Any]]
+
+
+class MalformedMessage(InvalidParameterValue):
+    """A message this daemon cannot run as it is: dead-lettered (Event) or refused (RPC)."""
+
+
+def _tolerant(decode: Decoder, fallback: Decoder) -> Decoder:
+    def decode_or_mark(value: bytes) -> tuple[int, Any]:
+        try:
+            return decode(value)
+        except (ValueError, OverflowError, OSError):  # UnicodeDecodeError is a ValueError
+            return fallback(value)
+
+    return decode_or_mark
+
+
+def _marked_text(value: bytes) -> tuple[int, str]:
+    length = value[0]
+    return length + 1, value[1 : length + 1].decode("utf-8", "surrogateescape")
+
+
+def _marked_time(_: bytes) -> tuple[int, datetime]:
+    return 8, UNDECODABLE_TIME
+
+
+def _marked_table(value: bytes) -> tuple[int, dict[str, Any]]:
+    (length,) = struct.unpack_from(">I", value)
+    return length + 4, {UNDECODABLE_HEADERS: True}
+
+
+def install_tolerant_decoding() -> None:
+    """Decode non-UTF-8 short strings, out-of-range timestamps and bad tables to markers.
+
+    pamqp raises on them, which ends the connection; the broker then redelivers the
+    same message to the next connection, forever. Idempotent.
+    """
+    methods, embedded = pamqp.decode.METHODS, pamqp.decode.TABLE_MAPPING
+    if getattr(methods["shortstr"], "tolerant", False):
+        return
+    replacements = (
+        (methods, "shortstr", _marked_text),
+        (methods, "timestamp", _marked_time),
+        (methods, "table", _marked_table),
+        (embedded, b"T", _marked_time),
+        (embedded, b"F", _marked_table),
+    )
+    for table, key, fallback in replacements:
+        decoder = _tolerant(table[key], fallback)  # type: ignore[index]
+        decoder.tolerant = True  # type: ignore[attr-defined]
+        table[key] = decoder  # type: ignore[index]
+
+
+def encodable(text: str) -> bool:
+    """False for text holding bytes that were not UTF-8 (decoded with surrogateescape)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_properties(
+    correlation_id: str | None,
+    reply_to: str | None,
+    headers: Mapping[str, Any],
+    timestamp: datetime | None,
+) -> None:
+    """MalformedMessage unless the properties this daemon uses were decoded intact."""
+    if correlation_id is not None and not encodable(correlation_id):
+        raise MalformedMessage("correlation_id is not UTF-8")
+    if reply_to is not None and not encodable(reply_to):
+        raise MalformedMessage("reply_to is not UTF-8")
+    if UNDECODABLE_HEADERS in headers:
+        raise MalformedMessage("the headers table could not be decoded")
+    if timestamp is UNDECODABLE_TIME:
+        raise MalformedMessage("the timestamp is out of range")
+
+
+def header_text(headers: Mapping[str, Any], name: str) -> str | None:
+    """A text header (str, or UTF-8 bytes); MalformedMessage for any other type."""
+    value = headers.get(name)
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            pass
+    raise MalformedMessage(f"header {name} must be text")
+
+
+def wire_safe(text: str) -> bool:
+    """Whether `text` may be an HTTP header value: printable ASCII, bounded."""
+    return len(text) <= MAX_HEADER_VALUE and text.isascii() and text.isprintable()
+
+
+def request_id_of(message_id: str | None) -> str:
+    """The message id as request id, or a new one when it is not a safe path segment.
+
+    Runtimes put the request id in `/invocation/{id}/response`: anything but letters,
+    digits, '-', '_' and '.' (or a bare '.'/'..') could aim that request elsewhere.
+    """
+    if (
+        message_id
+        and len(message_id) <= MAX_REQUEST_ID
+        and REQUEST_ID_CHARS.issuperset(message_id)
+        and message_id.strip(".")
+    ):
+        return message_id
+    return new_request_id()
+
+
+def trace_id_of(headers: Mapping[str, Any]) -> str:
+    """X-Amzn-Trace-Id when it is header-safe; otherwise a new one, as for no header."""
+    trace = header_text(headers, "X-Amzn-Trace-Id")
+    return trace if trace and wire_safe(trace) else new_trace_id()
+
+
+def optional_safe(headers: Mapping[str, Any], name: str) -> str | None:
+    """A header passed on to the runtime as it is: refused unless header-safe."""
+    value = header_text(headers, name)
+    if value is not None and not wire_safe(value):
+        raise MalformedMessage(f"header {name} must be printable ASCII of at most 4096 bytes")
+    return value or None
+
+
+def client_context_of(headers: Mapping[str, Any]) -> str | None:
+    """The decoded client context, re-serialized when its JSON spans lines."""
+    text = decode_client_context(header_text(headers, "X-Amz-Client-Context"))
+    if text is not None and ("\r" in text or "\n" in text):
+        text = json.dumps(json.loads(text), separators=(",", ":"))
+    return text
+
+
+def attempts_of(headers: Mapping[str, Any], name: str) -> int:
+    """How many times an Event already ran, from our own counter header."""
+    value = headers.get(name, 0)
+    if isinstance(value, bytes | str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise MalformedMessage(f"header {name} must be a non-negative integer")
+    return value
+
+
+def truncated(data: bytes, limit: int) -> str:
+    """At most `limit` bytes of `data` as text (a cut character is dropped)."""
+    return data[:limit].decode(errors="ignore") if len(data) > limit else data.decode(errors="replace")
+
+
+def copied_headers(headers: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The publisher's headers to carry over, or None when they are too large to keep."""
+    copy = dict(headers)
+    try:
+        size = len(pamqp.encode.field_table(copy))
+    except (TypeError, ValueError):  # ValueError covers text that is not UTF-8
+        return None
+    return copy if size <= MAX_COPIED_HEADERS else None
+
+
+def log_result_of(value: str | None) -> bytes | None:
+    """X-Amz-Log-Result of a reply: base64, else dropped."""
+    if not value:
+        return None
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError:
+        return None
