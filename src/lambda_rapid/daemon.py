@@ -113,7 +113,7 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop)
         self.dispatcher.attach(self.pool)
-        if os.getpid() == 1:
+        if os.getpid() == 1 or self.pool.subreaper:
             self._reaper = loop.create_task(self.pool.reap_orphans_forever())
         await self.runtime_api.start()
         await self.invoke_api.start()

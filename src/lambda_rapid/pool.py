@@ -4,25 +4,35 @@ Each instance runs in its own session (so its own process group) and gets its ow
 Runtime API address (a slot), which is how the daemon knows which instance is calling.
 The pool is the only caller of ``os.killpg``. It tells its owner about every exit
 through the ``on_exit`` callback, with the exit described in words.
+
+Nothing a runtime starts outlives it: the daemon is a child subreaper, so orphans are
+re-parented to it (and reaped by it) even when it is not PID 1; an instance that stops
+or dies takes its whole tree with it, descendants in their own sessions included
+(found through /proc while their parents live, or remembered from an earlier look);
+and every runtime gets SIGKILL from the kernel if the daemon dies, even by SIGKILL.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import logging
 import os
 import secrets
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import cast
 
 from lambda_rapid.config import DaemonConfig, instance_environ
 from lambda_rapid.credentials import hand_over, switch_user
 from lambda_rapid.instance import Instance, State
 from lambda_rapid.output import STDERR, STDOUT, OutputPipe, open_output_pipe
+from lambda_rapid.peers import MAX_PROCESSES, children_of, session_of
 
 logger = logging.getLogger(__name__)
 
@@ -49,20 +59,54 @@ def describe_exit(returncode: int) -> str | None:
     return f"exit status {returncode}"
 
 
-def reap_orphans(known: set[int]) -> None:
-    """Reap exited children of this process that it did not start itself."""
-    me = str(os.getpid()).encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) in known:
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] == b"Z" and fields[1] == me:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(int(entry), os.WNOHANG)
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def become_subreaper() -> bool:
+    """Have orphaned descendants re-parented to this process (Linux 3.4+)."""
+    return bool(_LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+
+
+def die_with(parent: int) -> None:
+    """In a new child before exec: SIGKILL when `parent` dies (if it already has, exit)."""
+    # The signal follows the thread that forked, which is the event loop's thread.
+    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def before_exec(parent: int, become: Callable[[], None] | None) -> None:
+    """In a new child: become the runtime's user, then tie its life to the daemon's."""
+    if become is not None:
+        become()
+    die_with(parent)  # after any change of user, which would clear it
+
+
+def process_state(pid: int) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def tree_of(root: int) -> list[int]:
+    """`root` and its live descendants (those whose parents still live)."""
+    found: list[int] = []
+    pending = [root]
+    while pending and len(found) < MAX_PROCESSES:
+        pid = pending.pop()
+        found.append(pid)
+        pending.extend(children_of(pid))
+    return found
+
+
+def kill_all(pids: Iterable[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
 
 
 class InstanceProcess(asyncio.SubprocessProtocol):
@@ -111,6 +155,10 @@ class Pool:
         self._processes: dict[Instance, InstanceProcess] = {}
         self._by_slot: dict[int, Instance] = {}
         self._starting: set[asyncio.Task[None]] = set()
+        self._me = os.getpid()
+        self.subreaper = become_subreaper()
+        # Processes seen in an instance's tree, so that they can be found once orphaned.
+        self._members: dict[int, Instance] = {}
 
     @property
     def size(self) -> int:
@@ -156,7 +204,9 @@ class Pool:
                 stderr=stderr_fd,
                 env=env,
                 start_new_session=True,
-                preexec_fn=switch_user(self._config.runtime_user),
+                preexec_fn=functools.partial(
+                    before_exec, self._me, switch_user(self._config.runtime_user)
+                ),
             )
         except OSError as exc:
             logger.error("cannot start runtime %s: %s", self._config.command[0], exc)
@@ -177,14 +227,47 @@ class Pool:
     def _process_exited(self, process: InstanceProcess) -> None:
         instance = process.instance
         returncode = process.transport.get_returncode() if process.transport else None
-        # Leftover children of the runtime (its process group) must not outlive it.
-        self._signal_group(instance, signal.SIGKILL)
         if process.transport is not None:
             process.transport.close()
         self._forget(instance)
+        # Whatever the runtime started must not outlive it, in its session or not.
+        self._signal_group(instance, signal.SIGKILL)
+        kill_all(self._leftovers_of(instance))
         description = describe_exit(returncode if returncode is not None else -9)
         logger.debug("instance %s exited: %s", instance, description or "exit status 0")
         self._on_exit(instance, description)
+
+    def _roots(self) -> set[int]:
+        return {i.pid for i in self._processes if i.pid is not None}
+
+    def _orphans(self) -> list[int]:
+        """Children of the daemon that are not runtimes: descendants re-parented to it."""
+        roots = self._roots()
+        return [pid for pid in children_of(self._me) if pid not in roots]
+
+    def _tree(self, instance: Instance) -> list[int]:
+        """Every process of a live instance the daemon can find, remembered for later."""
+        assert instance.pid is not None
+        found = tree_of(instance.pid)
+        for orphan in self._orphans():
+            if self._members.get(orphan) is instance or session_of(orphan) == instance.pid:
+                found.extend(tree_of(orphan))
+        for pid in found:
+            self._members[pid] = instance
+        return found
+
+    def _leftovers_of(self, instance: Instance) -> list[int]:
+        """The orphans of an exited instance: those not found in a live instance's tree."""
+        claimed: set[int] = set()
+        for other in list(self._processes):
+            claimed.update(self._tree(other))
+        leftovers = []
+        for orphan in self._orphans():
+            if orphan not in claimed:
+                leftovers.extend(tree_of(orphan))
+        for pid in [p for p, owner in self._members.items() if owner is instance]:
+            del self._members[pid]
+        return leftovers
 
     def _forget(self, instance: Instance) -> None:
         self._processes.pop(instance, None)
@@ -205,19 +288,27 @@ class Pool:
             process.drain_output()
 
     def kill(self, instance: Instance) -> None:
-        """SIGKILL the instance's whole process group at once (timeouts, failed inits)."""
-        self._signal_group(instance, signal.SIGKILL)
+        """SIGKILL the instance's processes at once (timeouts, failed inits)."""
+        self._signal(instance, signal.SIGKILL)
+
+    def _signal(self, instance: Instance, signum: signal.Signals) -> None:
+        """Signal the instance's process group and every process found in its tree."""
+        self._signal_group(instance, signum)
+        if instance.pid is not None and instance in self._processes:
+            for pid in self._tree(instance):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signum)
 
     async def stop(self, instance: Instance, grace: float) -> None:
-        """SIGTERM the group, wait up to `grace` seconds, then SIGKILL it."""
+        """SIGTERM its processes, wait up to `grace` seconds, then SIGKILL them."""
         process = self._processes.get(instance)
         if process is None:
             return
-        self._signal_group(instance, signal.SIGTERM)
+        self._signal(instance, signal.SIGTERM)
         try:
             await asyncio.wait_for(asyncio.shield(process.exited), grace)
         except TimeoutError:
-            self._signal_group(instance, signal.SIGKILL)
+            self._signal(instance, signal.SIGKILL)
             await process.exited
 
     async def stop_all(self, grace: float) -> None:
@@ -225,18 +316,38 @@ class Pool:
         if self._starting:
             await asyncio.gather(*self._starting, return_exceptions=True)
         await asyncio.gather(*(self.stop(i, grace) for i in list(self._processes)))
-        if os.getpid() == 1:
-            reap_orphans(self._known_pids())
+        orphans = self._orphans()
+        kill_all(orphans)
+        for _ in range(20):  # killed processes become zombies within moments
+            if not self._reap(orphans):
+                break
+            await asyncio.sleep(0.05)
 
-    def _known_pids(self) -> set[int]:
-        return {i.pid for i in self._processes if i.pid is not None}
+    def _reap(self, pids: Iterable[int]) -> list[int]:
+        """Reap those of `pids` that are zombies; the ones still alive."""
+        living = []
+        for pid in pids:
+            state = process_state(pid)
+            if state == b"Z":
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+            elif state is not None:
+                living.append(pid)
+        return living
 
     async def reap_orphans_forever(self, interval: float = 1.0) -> None:
-        """As PID 1 (a container's entrypoint), reap the orphans the kernel hands us.
+        """Reap the orphans re-parented to the daemon (a subreaper, or PID 1).
 
-        Processes a runtime left behind are re-parented to PID 1; the event loop waits
-        only for the runtimes it started, so without this they would stay zombies.
+        The event loop waits only for the runtimes it started; without this the
+        processes they leave behind would stay zombies. Runtimes are never waited for
+        here, and nothing is while one is being started (its pid is not known yet).
         """
         while True:
             await asyncio.sleep(interval)
-            reap_orphans(self._known_pids())
+            if not self._starting:
+                self._reap(self._orphans())
+                self._forget_gone_members()
+
+    def _forget_gone_members(self) -> None:
+        for pid in [p for p in self._members if process_state(p) in (None, b"Z")]:
+            del self._members[pid]
