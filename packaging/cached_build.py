@@ -1,7 +1,8 @@
 """The single executables built once per source state, for the tests and benchmarks.
 
 `executables()` returns a directory holding `lambda-runtime-api-daemon` and
-`lambda-server`, built by build-executables.sh into
+`lambda-server` (the single files) and `lambda-rapid/` (the directory variant), built by
+build-executables.sh into
 ~/.cache/lambda-rapid/executables/<hash of the sources>/ unless already there.
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lambda-rapid"
-NAMES = ("lambda-runtime-api-daemon", "lambda-server")
+NAMES = ("lambda-runtime-api-daemon", "lambda-server", "lambda-rapid/lambda-runtime-api-daemon")
 
 
 def source_hash() -> str:
