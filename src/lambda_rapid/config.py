@@ -162,7 +162,6 @@ class DaemonConfig:
     gateway_timeout: float = 29.0
     enable_openfaas: bool = False
     runtime_api_peer_check: bool = True
-    runtime_api_peer_check: bool = True
     runtime_user: RuntimeUser | None = None
 
     @property
