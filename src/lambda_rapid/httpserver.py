@@ -171,6 +171,7 @@ class HttpProtocol(asyncio.Protocol):
         self._refuse = refuse
         self._limits = limits = limits or Limits(max_body)
         self._max_body = limits.max_body
+        self._max_body_digits = len(str(limits.max_body))
         self._connections = connections
         self.last_active = time.monotonic()
         # When the request being received began (0.0: none is), for the request deadline.
@@ -187,7 +188,7 @@ class HttpProtocol(asyncio.Protocol):
         self._read_paused = False
         self._url = b""
         self._headers: dict[str, str] = {}
-        self._head_size = 0
+        self._chunk_size = 0
         self._in_head = False
         self._head_spill = 0  # bytes of chunks that fell wholly inside one request head
         self._head_began = False
@@ -271,6 +272,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         was_in_head = self._in_head
         self._head_began = False
+        self._chunk_size = len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -329,7 +331,6 @@ class HttpProtocol(asyncio.Protocol):
         self._head_began = True
         self._url = b""
         self._headers = {}
-        self._head_size = 0
         self._head_spill = 0
         self._in_head = True
         self._body = []
@@ -339,25 +340,36 @@ class HttpProtocol(asyncio.Protocol):
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_size += len(name) + len(value)
         self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         url = self._url
-        if self._head_size + len(url) > self._limits.max_head:
-            self._stop(self._refuse(431))
-        if self._parser.get_http_version() == "0.9":
-            self._stop(self._refuse(400))
+        # A head that came in one chunk below the cap is below it: count only the others.
+        if not self._head_began or self._chunk_size > self._limits.max_head:
+            self._check_head_size(url)
         self._request = request = self._new_request(url)
-        expect = self._headers.get("expect")
-        if self._over_limit(request):
+        headers = self._headers
+        expect = headers.get("expect")
+        length = headers.get("content-length")
+        # Fewer digits than the cap has is below it: no int() on the common path.
+        if (
+            length is not None
+            and len(length) >= self._max_body_digits
+            and self._over_limit(request, length)
+        ):
             self._stop(request)
-        if "upgrade" in self._headers and self._declares_body():
+        if "upgrade" in headers and self._declares_body():
             # httptools would skip the body of an upgrade: refuse rather than serve it empty.
             self._stop(self._refuse(400))
         if expect is not None:
             self._expect(expect)
+
+    def _check_head_size(self, url: bytes) -> None:
+        headers = self._headers
+        size = len(url) + sum(map(len, headers)) + sum(map(len, headers.values()))
+        if size > self._limits.max_head:
+            self._stop(self._refuse(431))
 
     def _new_request(self, url: bytes) -> Request:
         if url.startswith(b"/"):  # origin form, as every client here sends
@@ -369,13 +381,13 @@ class HttpProtocol(asyncio.Protocol):
         method = self._parser.get_method().decode("latin-1")
         return Request(method, path.decode("latin-1"), query.decode("latin-1"), self._headers)
 
-    def _over_limit(self, request: Request) -> bool:
+    def _over_limit(self, request: Request, length: str) -> bool:
         """A declared body over the cap: the handler answers at once, the body is not read."""
-        length = request.headers.get("content-length")
-        if length is None or int(length) <= self._max_body:
+        size = int(length)
+        if size <= self._max_body:
             return False
         request.body_too_large = True
-        request.body_size = int(length)
+        request.body_size = size
         if "expect" not in request.headers:  # else the client waits, sending nothing
             self._drain = min(request.body_size, self._limits.max_drain)
         return True
@@ -417,7 +429,9 @@ class HttpProtocol(asyncio.Protocol):
         self.receiving_since = 0.0
         if self._body:
             request.body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        request.keep_alive = self._parser.should_keep_alive()
+        request.keep_alive = keep_alive = self._parser.should_keep_alive()
+        if not keep_alive and self._parser.get_http_version() == "0.9":
+            self._stop(self._refuse(400))  # a request line without a version
         self._pending.append(request)
         if not self._busy:
             self._next()
