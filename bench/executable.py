@@ -1,10 +1,11 @@
 """Figures of the single executable beside the installed package (and the Go daemon).
 
 `python -m bench.executable [--rounds N] [--go-daemon PATH]` builds (or reuses) the
-executable, then, with the static Go echo function as the runtime started on demand,
-measures from exec to the first answered invocation, the file size, the bytes unpacked
-into the temp directory per start, and the resident memory of the daemon's processes
-(the loaders and the daemon, not the runtime) once it has answered.
+single file and the directory variant, then, with the static Go echo function as the
+runtime started on demand, measures from exec to the first answered invocation, the file
+(or directory) size, the bytes unpacked into the temp directory per start, and the
+resident memory of the daemon's processes (the launcher and the daemon, not the runtime)
+once it has answered.
 """
 
 from __future__ import annotations
@@ -112,7 +113,11 @@ def measure(name: str, daemon: str, runtime: Path, rounds: int) -> dict[str, obj
     for _ in range(rounds):
         with tempfile.TemporaryDirectory() as temp:
             runs.append(one_start(daemon, runtime, Path(temp)))
-    size = Path(daemon).stat().st_size / 1e6 if daemon != INSTALLED else 0.0
+    size = 0.0
+    if daemon != INSTALLED:
+        directory = Path(daemon).parent
+        is_directory = directory.name == "lambda-rapid"
+        size = (du(directory) if is_directory else Path(daemon).stat().st_size) / 1e6
     row: dict[str, object] = {"variant": name, "file_mb": size}
     for key in runs[0]:
         values = [run[key] for run in runs]
@@ -146,7 +151,9 @@ def main() -> None:
     parser.add_argument("--go-daemon", help="path of the Go lambda-runtime-api-daemon, if any")
     args = parser.parse_args()
     runtime = build_go_echo(Path(tempfile.mkdtemp()), CACHE / "go")
-    variants = [("single executable", str(executables() / "lambda-runtime-api-daemon"))]
+    dist = executables()
+    variants = [("single file", str(dist / "lambda-runtime-api-daemon"))]
+    variants.append(("directory", str(dist / "lambda-rapid" / "lambda-runtime-api-daemon")))
     variants.append(("installed package", INSTALLED))
     go_daemon = args.go_daemon or shutil.which("lambda-runtime-api-daemon-go")
     if go_daemon:

@@ -29,11 +29,13 @@ apt_install() {
     fi
 }
 
-# ldd finds the C library to bundle; gcc and libc6-dev/zlib1g-dev link the launcher statically.
+# ldd finds the C library to bundle; zstd compresses the single file's contents; gcc,
+# libc6-dev and libzstd-dev link the launcher statically.
 have ldd || apt_install libc-bin
 have strip || apt_install binutils
 have gcc || apt_install gcc
-[ -f /usr/lib/x86_64-linux-gnu/libz.a ] || [ -n "$(find /usr/lib -name libz.a 2>/dev/null)" ] || apt_install zlib1g-dev libc6-dev
+have zstd || apt_install zstd
+[ -n "$(find /usr/lib -name libzstd.a 2>/dev/null)" ] || apt_install libzstd-dev libc6-dev
 if [ ! -x "$VENV/bin/python" ]; then
     rm -rf "$VENV"
     "$PYTHON" -m venv "$VENV" 2>/dev/null || { rm -rf "$VENV"; apt_install python3-venv; "$PYTHON" -m venv "$VENV"; }
@@ -52,7 +54,7 @@ BUNDLE=$WORK/onedir/lambda-rapid
 say "adding the C library and its loader"
 "$VENV/bin/python" "$REPO/packaging/bundle.py" complete "$BUNDLE"
 say "linking the launcher statically"
-gcc -static -O2 -Wall -Wextra -Werror -o "$WORK/launcher" "$REPO/packaging/launcher.c" -lz
+gcc -static -O2 -Wall -Wextra -Werror -o "$WORK/launcher" "$REPO/packaging/launcher.c" -lzstd
 strip "$WORK/launcher"
 if ldd "$WORK/launcher" >/dev/null 2>&1; then
     say "$WORK/launcher is still dynamically linked"

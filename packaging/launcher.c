@@ -8,7 +8,7 @@
  *
  * Directory variant: the launcher sits in the bundle's directory and execs the loader
  * (one process, nothing unpacked). Single file: the launcher is followed by the bundle's
- * files (zlib-compressed) and then by the archive, which stays in the file (the unpacked
+ * files (zstd-compressed) and then by the archive, which stays in the file (the unpacked
  * `lambda-rapid.pkg` is a symlink to it). The launcher unpacks into $TMPDIR, runs the
  * program as its child, forwards signals, reaps every child it is given (it is PID 1 in
  * a container), and removes the directory when the program exits, with its status.
@@ -29,7 +29,7 @@
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#include <zlib.h>
+#include <zstd.h>
 
 #define LOADER "_internal/ld-lambda-rapid.so.2"
 #define LIBDIR "_internal"
@@ -95,39 +95,34 @@ static void write_all(int out, const unsigned char *buf, size_t len, const char 
     }
 }
 
-/* Inflate `csize` bytes of `in` at `at` into the file `path`. */
-static void inflate_file(int in, off_t at, uint64_t csize, const char *path, mode_t mode) {
+/* Decompress the `csize` bytes of zstd frame of `in` at `at` into the file `path`. */
+static void unpack_file(int in, off_t at, uint64_t csize, const char *path, mode_t mode) {
     static unsigned char src[1 << 17], dst[1 << 18];
     int out = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
     if (out < 0) die("cannot unpack into TMPDIR (or /tmp)", path);
-    z_stream z;
-    memset(&z, 0, sizeof z);
-    if (inflateInit(&z) != Z_OK) die("zlib", path);
-    int status = Z_OK;
-    while (csize > 0 && status != Z_STREAM_END) {
+    ZSTD_DStream *z = ZSTD_createDStream();
+    if (!z) die("out of memory unpacking", path);
+    while (csize > 0) {
         size_t chunk = csize < sizeof src ? (size_t)csize : sizeof src;
         if (read_at(in, src, chunk, at) < 0) die("cannot read", "the executable");
         at += (off_t)chunk;
         csize -= chunk;
-        z.next_in = src;
-        z.avail_in = (uInt)chunk;
-        do {
-            z.next_out = dst;
-            z.avail_out = sizeof dst;
-            status = inflate(&z, Z_NO_FLUSH);
-            if (status != Z_OK && status != Z_STREAM_END) {
+        ZSTD_inBuffer input = {src, chunk, 0};
+        while (input.pos < input.size) {
+            ZSTD_outBuffer output = {dst, sizeof dst, 0};
+            if (ZSTD_isError(ZSTD_decompressStream(z, &output, &input))) {
                 errno = EINVAL;
                 die("corrupt bundle entry", path);
             }
-            write_all(out, dst, sizeof dst - z.avail_out, path);
-        } while (z.avail_out == 0);
+            write_all(out, dst, output.pos, path);
+        }
     }
-    inflateEnd(&z);
+    ZSTD_freeDStream(z);
     if (close(out) < 0) die("cannot unpack", path);
 }
 
 /* Entries: type (f file, d directory, l symlink), mode (4), name length (2), data length
- * (8), name, data (zlib stream for a file, target for a symlink); all big endian. */
+ * (8), name, data (zstd frame for a file, target for a symlink); all big endian. */
 static void unpack(int fd, off_t at, const char *dir) {
     char path[PATH_MAX], name[PATH_MAX];
     unsigned char head[15];
@@ -151,7 +146,7 @@ static void unpack(int fd, off_t at, const char *dir) {
             target[size] = 0;
             if (symlink(target, path) < 0) die("cannot unpack into TMPDIR (or /tmp)", path);
         } else {
-            inflate_file(fd, at, size, path, mode);
+            unpack_file(fd, at, size, path, mode);
         }
         at += (off_t)size;
     }
