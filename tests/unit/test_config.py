@@ -77,6 +77,7 @@ ENV_VALUES = {
     "AWS_REGION": ("eu-west-3", "region", "eu-west-3"),
     "AWS_ACCOUNT_ID": ("000011112222", "account_id", "000011112222"),
     "SHUTDOWN_GRACE_PERIOD": ("0", "shutdown_grace", 0.0),
+    "RUNTIME_API_PEER_CHECK": ("FALSE", "runtime_api_peer_check", False),
 }
 
 
