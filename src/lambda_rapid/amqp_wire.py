@@ -28,7 +28,7 @@ UNDECODABLE_TIME = datetime(1, 1, 1, tzinfo=UTC)
 MAX_REQUEST_ID = 128
 REQUEST_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 MAX_HEADER_VALUE = 4096  # a trace id, ARN, tenant or identity longer than this is refused
-MAX_COPIED_HEADERS = 32 * 1024  # the publisher's headers kept on retries and dead letters
+MAX_COPIED_HEADERS = 64 * 1024  # the publisher's headers kept on retries and dead letters
 MAX_ERROR_HEADER = 8 * 1024  # x-error-body: a copy; the frame must stay far below frame_max
 MAX_ERROR_MESSAGE = 1024  # Lambda puts "the first 1 KB of the error message" on dead letters
 
