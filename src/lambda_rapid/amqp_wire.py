@@ -181,7 +181,9 @@ def attempts_of(headers: Mapping[str, Any], name: str) -> int:
 
 def truncated(data: bytes, limit: int) -> str:
     """At most `limit` bytes of `data` as text (a cut character is dropped)."""
-    return data[:limit].decode(errors="ignore") if len(data) > limit else data.decode(errors="replace")
+    if len(data) > limit:
+        return data[:limit].decode(errors="ignore")
+    return data.decode(errors="replace")
 
 
 def copied_headers(headers: Mapping[str, Any]) -> dict[str, Any] | None:
