@@ -88,12 +88,45 @@ class AmqpConfig:
         return f"AmqpConfig({self.display!r})"
 
 
-def amqp_config(uri: str | None, username: str | None, password: str | None) -> AmqpConfig | None:
+# Where CA bundles live when the Python build's own default path does not exist (Debian
+# and Go scratch images, RHEL, Alpine).
+CA_FILES = (
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+)
+
+
+def ca_file(
+    environ: Mapping[str, str], default: str | None, candidates: Sequence[str] = CA_FILES
+) -> str | None:
+    """The CA bundle for amqps://: SSL_CERT_FILE, else None when Python's `default`
+    exists, else the first existing candidate."""
+    if environ.get("SSL_CERT_FILE"):
+        return environ["SSL_CERT_FILE"]
+    if default is not None:
+        return None
+    return next((path for path in candidates if os.path.isfile(path)), None)
+
+
+def amqp_config(
+    uri: str | None,
+    username: str | None,
+    password: str | None,
+    environ: Mapping[str, str] | None = None,
+) -> AmqpConfig | None:
     """Split AMQP_URI into a connection URL and the reconnection policy it names."""
     if uri is None:
         return None
     parts = urllib.parse.urlsplit(uri)
     query = urllib.parse.parse_qs(parts.query)
+    if parts.scheme == "amqps" and "cafile" not in query and "capath" not in query:
+        import ssl  # only for TLS: it is not otherwise needed at start-up
+
+        env = os.environ if environ is None else environ
+        found = ca_file(env, ssl.get_default_verify_paths().cafile)
+        if found is not None:
+            query["cafile"] = [found]
     attempts = max(1, int(float(query.pop("connection_attempts", ["1"])[0])))
     delay = max(0.0, float(query.pop("retry_delay", ["2"])[0]))
     user = urllib.parse.unquote(parts.username) if parts.username else (username or "guest")
@@ -123,7 +156,7 @@ def amqp_settings(
             raise ConfigError(f"{setting.env} and {setting.env}_FILE are both set: give one")
         values[setting.field] = from_file
     return amqp_config(
-        values.pop("amqp_uri"), values.pop("amqp_username"), values.pop("amqp_password")
+        values.pop("amqp_uri"), values.pop("amqp_username"), values.pop("amqp_password"), env
     )
 
 
