@@ -16,6 +16,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -80,9 +81,13 @@ class Server:
 
 
 def start(
-    kind: str, runtime: list[str], concurrency: int, extra_env: dict[str, str] | None = None
+    kind: str,
+    runtime: list[str],
+    concurrency: int,
+    extra_env: dict[str, str] | None = None,
+    log: Path | None = None,
 ) -> Server:
-    """Start the daemon ("ours") or the floor server with `runtime`."""
+    """Start the daemon ("ours") or the floor server with `runtime` (stderr to `log`)."""
     port = free_port()
     env = dict(
         os.environ,
@@ -104,14 +109,15 @@ def start(
             str(concurrency),
             *runtime,
         ]
-    proc = subprocess.Popen(
-        command,
-        cwd=ECHO_DIR,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    with open(log or os.devnull, "wb") as stderr:
+        proc = subprocess.Popen(
+            command,
+            cwd=ECHO_DIR,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+        )
     wait_port(port, proc)
     return Server(proc, port)
 
@@ -128,9 +134,13 @@ def stop(server: Server) -> None:
 
 @contextmanager
 def running(
-    kind: str, runtime: list[str], concurrency: int, extra_env: dict[str, str] | None = None
+    kind: str,
+    runtime: list[str],
+    concurrency: int,
+    extra_env: dict[str, str] | None = None,
+    log: Path | None = None,
 ) -> Iterator[Server]:
-    server = start(kind, runtime, concurrency, extra_env)
+    server = start(kind, runtime, concurrency, extra_env, log)
     try:
         yield server
     finally:
@@ -214,6 +224,15 @@ def broker_up() -> bool:
         return sock.connect_ex(("127.0.0.1", 5672)) == 0
 
 
+def wait_ready(log: Path, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """Wait for the daemon's "ready" line: with a broker, its queue is consumed by then."""
+    deadline = time.monotonic() + timeout
+    while b" ready: " not in log.read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the daemon never logged ready:\n{log.read_text()}")
+        time.sleep(0.01)
+
+
 def measure_amqp(concurrency: int, instances: int, seconds: float) -> dict[str, float]:
     """RPC through RabbitMQ straight to the daemon, and HTTP through lambda-server."""
     from bench.amqp_load import rpc_load
@@ -221,8 +240,9 @@ def measure_amqp(concurrency: int, instances: int, seconds: float) -> dict[str, 
     name = f"bench-{os.getpid()}-{concurrency}"
     env = {"AMQP_URI": BROKER, "AWS_LAMBDA_FUNCTION_NAME": name}
     results: dict[str, float] = {}
-    with running("ours", RAW, instances, env):
-        time.sleep(0.5)
+    log = Path(tempfile.mkdtemp()) / "daemon.log"
+    with running("ours", RAW, instances, env, log) as daemon:
+        wait_ready(log, daemon.proc)
         rpc = rpc_load(BROKER, name, concurrency, seconds)
         results.update({f"rpc_{k}": v for k, v in rpc.items()})
         port = free_port()
