@@ -1,9 +1,14 @@
 """The single static executable in a root that holds nothing else, as in a scratch image.
 
 Each daemon runs as PID 1 of new PID and mount namespaces, chrooted into a root with
-only the executable at /usr/local/bin/aws-lambda-rie, static Go runtimes, /proc, a
+only the executable at /usr/local/bin/aws-lambda-rie (or the directory variant at
+/opt/lambda-rapid, that path a symlink to its launcher), static Go runtimes, /proc, a
 tmpfs /dev and /tmp: what `docker run` of a `FROM scratch` image with the executable
 bind-mounted gives. Clients call it from outside over loopback.
+
+The single file's launcher is PID 1 there and the daemon its child: the tests check
+that the daemon itself (a child subreaper) adopts and reaps its runtimes' orphans, and
+that no process can read the broker password in another's cmdline or environ.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from tests.e2e.broker import RECONNECT, Names, broker_url, names
 from tests.e2e.conftest import (
     MARKER,
     REPO,
@@ -38,6 +44,8 @@ from tests.e2e.go_toolchain import build_go_echo, build_go_program, go_executabl
 
 sys.path.insert(0, str(REPO / "packaging"))
 from cached_build import CACHE, executables  # noqa: E402
+
+__all__ = ["broker_url", "names"]
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not all(shutil.which(t) for t in ("unshare", "chroot", "mknod")),
@@ -89,8 +97,11 @@ class Scratch(HttpProcess):
 
     def daemon_pid(self) -> int:
         """The host pid of PID 1 in the namespace (unshare's only child)."""
-        with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as children:
-            return int(children.read().split()[0])
+        return children(self.proc.pid)[0]
+
+    def python_pid(self) -> int:
+        """The host pid of the daemon's Python process: the launcher's only child."""
+        return children(self.daemon_pid())[0]
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -112,14 +123,19 @@ def scratch(tmp_path: Path, dist: Path, go_runtimes: Path) -> Iterator[Any]:
         devices: tuple[str, ...] = tuple(DEVICES),
         tmp: bool = True,
         wait: bool = True,
+        directory: bool = False,
     ) -> Scratch:
         root = tmp_path / f"root{len(started)}"
-        for directory in ("usr/local/bin", "proc", "dev"):
-            (root / directory).mkdir(parents=True)
+        for path in ("usr/local/bin", "proc", "dev"):
+            (root / path).mkdir(parents=True)
         if tmp:
             (root / "tmp").mkdir(mode=0o1777)
             (root / "tmp").chmod(0o1777)
-        shutil.copy2(dist / "lambda-runtime-api-daemon", root / RIE)
+        if directory:
+            shutil.copytree(dist / "lambda-rapid", root / "opt" / "lambda-rapid", symlinks=True)
+            (root / RIE).symlink_to("/opt/lambda-rapid/lambda-runtime-api-daemon")
+        else:
+            shutil.copy2(dist / "lambda-runtime-api-daemon", root / RIE)
         for program in ("echo", "hostile"):
             shutil.copy2(go_runtimes / program, root / program)
         token, port = uuid.uuid4().hex, free_port()
@@ -154,6 +170,11 @@ def scratch(tmp_path: Path, dist: Path, go_runtimes: Path) -> Iterator[Any]:
     for container in started:
         if container.proc.poll() is None:
             container.stop()
+
+
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as found:
+        return [int(child) for child in found.read().split()]
 
 
 def pid_in_namespace(host_pid: int) -> int:
@@ -204,8 +225,14 @@ def test_timeouts_crashes_and_orphans_in_a_scratch_root(scratch: Any) -> None:
     orphaned = container.invoke({"action": "orphan"})
     assert orphaned.status == 200 and "orphan" in orphaned.json(), orphaned.body
     orphan = orphaned.json()["orphan"]
+    # The launcher (PID 1) reaps whatever reaches it: the orphan must reach the daemon.
+    report = container.root / "tmp" / f"orphan-{orphan}"
+    assert poll(report.exists, timeout=10), "the orphan was never re-parented"
+    adopter = int(report.read_text())
+    report.unlink()
+    assert adopter == pid_in_namespace(container.python_pid()) != 1
     proc_dir = container.root / "proc" / str(orphan)
-    # The orphan sleeps 0.3 s; once it exits somebody must reap it, or its entry stays.
+    # The orphan sleeps 0.3 s more; only its new parent, the daemon, can reap it.
     assert poll(lambda: not proc_dir.exists(), timeout=10), (proc_dir / "stat").read_text()
     assert container.stop() == 0
     assert list((container.root / "tmp").iterdir()) == []
@@ -240,3 +267,34 @@ def test_a_missing_temp_directory_is_one_line_naming_tmpdir(scratch: Any) -> Non
     assert container.proc.wait(20) != 0
     lines = container.stderr().strip().splitlines()
     assert len(lines) == 1 and "TMPDIR" in lines[0], lines
+
+
+PASSWORD = "guest"  # RabbitMQ's test account is guest/guest: the user name is masked too
+
+
+@pytest.mark.parametrize("given_as", ["AMQP_URI", "flags"])
+def test_no_process_can_read_the_broker_password(scratch: Any, names: Names, given_as: str) -> None:
+    name = names.function()
+    base = f"amqp://127.0.0.1:5672/?{RECONNECT}"
+    if given_as == "AMQP_URI":
+        uri = f"amqp://guest:{PASSWORD}@127.0.0.1:5672/?{RECONNECT}"
+        env, flags = {"AMQP_URI": uri}, []
+    else:
+        env, flags = {}, ["--amqp-uri", base, "--amqp-username", "guest"]
+        flags += ["--amqp-password", PASSWORD]
+    env["AWS_LAMBDA_FUNCTION_NAME"] = name
+    container = scratch([*flags, "/hostile"], env=env)
+    read = container.invoke({"action": "snoop"}).json()["read"]
+    assert "/proc/1/cmdline" in read and "aws-lambda-rie" in read["/proc/1/cmdline"], read
+    assert "/proc/1/environ" in read, read  # readable, and empty: the launcher forgot it
+    assert not [path for path, text in read.items() if PASSWORD in text], read
+    assert container.stop() == 0
+
+
+def test_the_directory_variant_runs_in_a_scratch_root_and_unpacks_nothing(scratch: Any) -> None:
+    container = scratch(["/echo"], env={"AWS_LAMBDA_FUNCTION_NAME": "echo"}, directory=True)
+    assert pid_in_namespace(container.daemon_pid()) == 1
+    assert children(container.daemon_pid()) == []  # the daemon itself is PID 1
+    assert container.invoke({"hello": "directory"}).json() == {"hello": "directory"}
+    assert list((container.root / "tmp").iterdir()) == []
+    assert container.stop() == 0

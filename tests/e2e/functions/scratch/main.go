@@ -1,7 +1,9 @@
 // Command hostile is a static Lambda runtime for scratch roots (no shell, no libc).
 // The event's "action" picks what it does: "echo" (default) returns the event,
-// "sleep" outlasts any timeout, "crash" exits with status 3, and "orphan" leaves a
-// grandchild behind (its parent exits at once) and returns the grandchild's pid.
+// "sleep" outlasts any timeout, "crash" exits with status 3, "orphan" leaves a
+// grandchild behind (its parent exits at once) and returns the grandchild's pid; the
+// orphan writes the pid of the process it was re-parented to into /tmp/orphan-<pid>.
+// "snoop" returns every /proc/<pid>/cmdline and environ it can read.
 package main
 
 import (
@@ -55,6 +57,8 @@ func handle(event []byte) []byte {
 		}
 		pid, _ := strconv.Atoi(strings.TrimSpace(string(out)))
 		return []byte(fmt.Sprintf(`{"orphan": %d}`, pid))
+	case "snoop":
+		return snoop()
 	}
 	return event
 }
@@ -69,5 +73,31 @@ func helper(role string) {
 		fmt.Println(child.Process.Pid)
 		return
 	}
+	parent := os.Getppid()
+	for i := 0; i < 500 && os.Getppid() == parent; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	name := fmt.Sprintf("/tmp/orphan-%d", os.Getpid())
+	_ = os.WriteFile(name+".new", []byte(strconv.Itoa(os.Getppid())), 0o644)
+	_ = os.Rename(name+".new", name)
 	time.Sleep(300 * time.Millisecond)
+}
+
+// snoop reads what any process could read of the others' arguments and environments.
+func snoop() []byte {
+	found := map[string]string{}
+	entries, _ := os.ReadDir("/proc")
+	for _, entry := range entries {
+		if _, err := strconv.Atoi(entry.Name()); err != nil {
+			continue
+		}
+		for _, file := range []string{"cmdline", "environ"} {
+			path := "/proc/" + entry.Name() + "/" + file
+			if data, err := os.ReadFile(path); err == nil {
+				found[path] = string(data)
+			}
+		}
+	}
+	out, _ := json.Marshal(map[string]any{"read": found})
+	return out
 }
