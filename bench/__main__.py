@@ -421,9 +421,20 @@ def main() -> None:
     if args.docs:
         chart(report, REPO / "docs" / "benchmarks.png")
         intro = (REPO / "docs" / "benchmarks.intro.md").read_text()
-        (REPO / "docs" / "benchmarks.md").write_text(
-            intro + "\n## Latest results\n\n" + table + "\n![chart](benchmarks.png)\n"
+        docs = REPO / "docs" / "benchmarks.md"
+        kept = kept_section(docs.read_text() if docs.exists() else "", "## Single executable")
+        docs.write_text(
+            intro + "\n## Latest results\n\n" + table + "\n![chart](benchmarks.png)\n" + kept
         )
+
+
+def kept_section(text: str, heading: str) -> str:
+    """The section under `heading` (written by another benchmark), to carry over, or ""."""
+    start = text.find("\n" + heading + "\n")
+    if start < 0:
+        return ""
+    end = text.find("\n## ", start + len(heading) + 2)
+    return "\n" + text[start + 1 : end if end >= 0 else len(text)].rstrip("\n") + "\n"
 
 
 if __name__ == "__main__":
