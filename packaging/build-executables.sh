@@ -1,11 +1,13 @@
 #!/bin/sh
-# Build dist/lambda-runtime-api-daemon and dist/lambda-server: each one statically linked
-# file for this machine's architecture that needs nothing from the image it runs in.
+# Build dist/lambda-runtime-api-daemon and dist/lambda-server, each one statically linked
+# file for this machine's architecture that needs nothing from the image it runs in, and
+# dist/lambda-rapid/, the same program as a directory that unpacks nothing at start.
 #
-# PyInstaller (--onefile, stripped) freezes the package with Debian's /usr/bin/python3,
-# whose extension modules carry no RUNPATH, and staticx (--no-compress) bundles the
-# C library and loader with it. Both files hold the same bytes: the name it is started
-# under picks the program (lambda-server, or the daemon under any other name).
+# PyInstaller freezes the package as a one-folder bundle with Debian's /usr/bin/python3;
+# bundle.py adds the C library and its loader; launcher.c, linked with gcc -static, runs
+# the bundle through that loader, from its directory or unpacked from the single file.
+# Both files hold the same bytes, as do the directory's two launchers: the name one is
+# started under picks the program (lambda-server, or the daemon under any other name).
 #
 # Environment: BUILD_PYTHON (default /usr/bin/python3), BUILD_DIR (default build/executables:
 # the build venv and PyInstaller's work files), DIST_DIR (default dist).
