@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from lambda_rapid.credentials import RuntimeUser
+from lambda_rapid.names import function_name_from
+from lambda_rapid.routes import GatewayRoute
 from lambda_rapid.settings import (
     ALL_DAEMON_SETTINGS,
     AMQP_SETTINGS,
@@ -27,7 +29,6 @@ from lambda_rapid.settings import (
     OPENFAAS_SETTINGS,
     SERVER_SETTINGS,
     ConfigError,
-    GatewayRoute,
     Setting,
     build_parser,
     expand_switches,
@@ -310,9 +311,7 @@ def _as_own_flags(flag: str, value: str) -> list[str]:
 def default_function_name(handler: str | None, program: str) -> str:
     """`echo.handler` → `echo`; with no handler, the program's file name."""
     source = handler.rpartition(".")[0] if handler and "." in handler else None
-    base = Path(source or program).name
-    cleaned = "".join(c if c.isalnum() or c in "-_" else "-" for c in base)[:64]
-    return cleaned or "function"
+    return function_name_from(Path(source or program).name)
 
 
 def runtime_base_environ(

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from multidict import CIMultiDict
 
-from lambda_rapid.config import ConfigError, DaemonConfig, GatewayRoute, ServerConfig
+from lambda_rapid.config import ConfigError, DaemonConfig, ServerConfig
 from lambda_rapid.errors import MAX_REQUEST_PAYLOAD, InvokeError
 from lambda_rapid.invocation import Invocation, InvocationResult, new_trace_id
 from lambda_rapid.invoke_api import Backend
@@ -38,6 +38,7 @@ from lambda_rapid.proxy_events import (
     map_result,
     proxy_match,
 )
+from lambda_rapid.routes import GatewayRoute
 
 logger = logging.getLogger(__name__)
 

@@ -13,10 +13,11 @@ import dataclasses
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from lambda_rapid.credentials import parse_runtime_user, read_secret_file
+from lambda_rapid.names import is_function_name
+from lambda_rapid.routes import parse_routes
 
 
 class ConfigError(Exception):
@@ -89,7 +90,7 @@ def _region(text: str) -> str:
 
 
 def _function_name(text: str) -> str:
-    if not 1 <= len(text) <= 64 or not all(c.isalnum() or c in "-_" for c in text):
+    if not is_function_name(text):
         raise ValueError("must be 1-64 characters of letters, digits, '-' and '_'")
     return text
 
@@ -378,22 +379,6 @@ DAEMON_AMQP_SETTINGS: tuple[Setting, ...] = (
 )
 
 
-GATEWAY_METHODS = ("ANY", "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
-
-
-@dataclass(frozen=True, slots=True)
-class GatewayRoute:
-    """One GATEWAY_ROUTES entry: `METHOD /path/{param}/{greedy+}`, optionally `=function`."""
-
-    method: str
-    path: str
-    function: str | None = None
-
-    @property
-    def key(self) -> str:
-        return f"{self.method} {self.path}"
-
-
 def _event_format(text: str) -> str:
     lowered = text.strip().lower()
     if lowered in ("v1", "1.0"):
@@ -409,51 +394,6 @@ def _stage(text: str) -> str | None:
     if len(text) > 128 or not all(c.isalnum() or c in "-_" for c in text):
         raise ValueError("must be $default or letters, digits, '-' and '_'")
     return text
-
-
-def _route_path(path: str) -> None:
-    if not path.startswith("/"):
-        raise ValueError(f"path {path!r} must start with '/'")
-    segments = path[1:].split("/") if path != "/" else []
-    for index, segment in enumerate(segments):
-        if not segment:
-            raise ValueError(f"path {path!r} has an empty segment")
-        if segment.startswith("{") != segment.endswith("}"):
-            raise ValueError(f"path {path!r}: {segment!r} is not a {{parameter}}")
-        name = segment[1:-1].removesuffix("+") if segment.startswith("{") else None
-        if name is not None and (not name or not all(c.isalnum() or c in "-_." for c in name)):
-            raise ValueError(f"path {path!r}: bad parameter {segment!r}")
-        if segment.endswith("+}") and index != len(segments) - 1:
-            raise ValueError(f"path {path!r}: a greedy {segment} must be the last segment")
-
-
-def _is_function_name(text: str) -> bool:
-    return 1 <= len(text) <= 64 and all(c.isalnum() or c in "-_" for c in text)
-
-
-def _gateway_route(entry: str) -> GatewayRoute:
-    spec, equals, function = entry.partition("=")
-    method, _, path = spec.strip().partition(" ")
-    method, path = method.upper(), path.strip()
-    if method not in GATEWAY_METHODS:
-        raise ValueError(f"route {entry!r}: method must be one of " + ", ".join(GATEWAY_METHODS))
-    _route_path(path)
-    if equals and not _is_function_name(function.strip()):
-        raise ValueError(f"route {entry!r}: {function.strip()!r} is not a function name")
-    return GatewayRoute(method, path, function.strip() if equals else None)
-
-
-def _gateway_routes(text: str) -> tuple[GatewayRoute, ...] | None:
-    """Comma-separated routes, or `@FILE`: a route file with one route a line (# comments)."""
-    if text.startswith("@"):
-        try:
-            lines = Path(text[1:]).read_text().splitlines()
-        except OSError as error:
-            raise ValueError(f"cannot read the route file: {error.strerror or error}") from None
-        entries = [line.split("#", 1)[0] for line in lines]
-    else:
-        entries = text.split(",")
-    return tuple(_gateway_route(entry) for entry in entries if entry.strip()) or None
 
 
 GATEWAY_SETTINGS: tuple[Setting, ...] = (
@@ -485,7 +425,7 @@ GATEWAY_SETTINGS: tuple[Setting, ...] = (
         "gateway_routes",
         "GATEWAY_ROUTES",
         "--gateway-routes",
-        _gateway_routes,
+        parse_routes,
         None,
         "route keys, e.g. 'GET /items/{id},ANY /files/{proxy+}', or @FILE with one a line "
         "(lambda-server: 'GET /items/{id}=function'); other paths answer 404 (unset: every path)",

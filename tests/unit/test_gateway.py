@@ -8,11 +8,11 @@ import pytest
 
 from lambda_rapid.config import (
     ConfigError,
-    GatewayRoute,
     daemon_config,
     server_config,
 )
 from lambda_rapid.gateway import Router, RouteTable
+from lambda_rapid.routes import GatewayRoute
 
 COMMAND = [sys.executable, "-m", "awslambdaric", "web.handler"]
 

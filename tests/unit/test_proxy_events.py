@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from lambda_rapid.config import GatewayRoute
 from lambda_rapid.gateway import RouteTable
 from lambda_rapid.proxy_events import (
     ApiContext,
@@ -21,6 +20,7 @@ from lambda_rapid.proxy_events import (
     map_result,
     proxy_match,
 )
+from lambda_rapid.routes import GatewayRoute
 
 CONTEXT = ApiContext(
     request_id="c6af9ac6-7b61-11e6-9a41-93e8deadbeef",
