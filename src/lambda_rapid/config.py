@@ -15,24 +15,20 @@ import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from lambda_rapid import settings
 from lambda_rapid.credentials import RuntimeUser
 from lambda_rapid.names import function_name_from
 from lambda_rapid.routes import GatewayRoute
 from lambda_rapid.settings import (
     ALL_DAEMON_SETTINGS,
-    AMQP_SETTINGS,
-    DAEMON_AMQP_SETTINGS,
     DAEMON_SETTINGS,
-    GATEWAY_SETTINGS,
-    OPENFAAS_SETTINGS,
     SERVER_SETTINGS,
     ConfigError,
     Setting,
+    SettingValues,
     build_parser,
     expand_switches,
-    resolve_settings,
     settings_markdown,
 )
 
@@ -44,7 +40,7 @@ __all__ = [
     "AmqpConfig",
     "ConfigError",
     "DaemonConfig",
-    "GatewayRoute",
+    "GatewayConfig",
     "ServerConfig",
     "Setting",
     "daemon_config",
@@ -145,19 +141,44 @@ def amqp_config(
     return AmqpConfig(url, display, attempts, delay)
 
 
-def amqp_settings(
-    values: dict[str, Any], flags: argparse.Namespace, env: Mapping[str, str]
-) -> AmqpConfig | None:
-    """The broker settings (taken out of `values`); a *_FILE stands in for its setting."""
-    for setting in AMQP_SETTINGS:
-        from_file = values.pop(f"{setting.field}_file", None)
-        if from_file is None:
-            continue
-        if getattr(flags, setting.field, None) is not None or setting.env in env:
-            raise ConfigError(f"{setting.env} and {setting.env}_FILE are both set: give one")
-        values[setting.field] = from_file
-    return amqp_config(
-        values.pop("amqp_uri"), values.pop("amqp_username"), values.pop("amqp_password"), env
+def amqp_settings(values: SettingValues, env: Mapping[str, str]) -> AmqpConfig | None:
+    """The broker settings; a *_FILE setting stands in for its setting."""
+    uri = _or_file(values, settings.AMQP_URI, settings.AMQP_URI_FILE)
+    password = _or_file(values, settings.AMQP_PASSWORD, settings.AMQP_PASSWORD_FILE)
+    return amqp_config(uri, values.get(settings.AMQP_USERNAME), password, env)
+
+
+def _or_file(values: SettingValues, setting: Setting[str], file: Setting[str]) -> str | None:
+    from_file = values.get(file)
+    if from_file is None:
+        return values.get(setting)
+    if values.given(setting):
+        raise ConfigError(f"{setting.env} and {file.env} are both set: give one")
+    return from_file
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """The API Gateway-style front door (GATEWAY_PORT set)."""
+
+    port: int
+    event_format: str = "v2"
+    stage: str | None = None
+    routes: tuple[GatewayRoute, ...] | None = None
+    timeout: float = 29.0
+
+
+def gateway_config(values: SettingValues) -> GatewayConfig | None:
+    """The gateway's settings, or None when GATEWAY_PORT is unset (all are validated)."""
+    port = values.get(settings.GATEWAY_PORT)
+    if port is None:
+        return None
+    return GatewayConfig(
+        port,
+        values[settings.GATEWAY_EVENT_FORMAT],
+        values.get(settings.GATEWAY_STAGE),
+        values.get(settings.GATEWAY_ROUTES),
+        values[settings.GATEWAY_TIMEOUT],
     )
 
 
@@ -189,11 +210,7 @@ class DaemonConfig:
     dead_letter_queue: str = ""
     max_event_age: float = 21600.0
     event_retry_delay: float = 60.0
-    gateway_port: int | None = None
-    gateway_event_format: str = "v2"
-    gateway_stage: str | None = None
-    gateway_routes: tuple[GatewayRoute, ...] | None = None
-    gateway_timeout: float = 29.0
+    gateway: GatewayConfig | None = None
     enable_openfaas: bool = False
     runtime_api_peer_check: bool = True
     runtime_user: RuntimeUser | None = None
@@ -224,23 +241,39 @@ def daemon_config(argv: Sequence[str], environ: Mapping[str, str] | None = None)
         help="the runtime command, e.g. python -m awslambdaric echo.handler",
     )
     flags = parser.parse_args(expand_switches(emulator_flags(argv), ALL_DAEMON_SETTINGS))
-    values = resolve_settings(DAEMON_SETTINGS, flags, env)
-    amqp_values = resolve_settings(AMQP_SETTINGS, flags, env)
-    values.update(resolve_settings(DAEMON_AMQP_SETTINGS, flags, env))
-    values.update(resolve_settings(GATEWAY_SETTINGS, flags, env))
-    values.update(resolve_settings(OPENFAAS_SETTINGS, flags, env))
+    values = SettingValues(ALL_DAEMON_SETTINGS, flags, env)
     command = _runtime_command(list(flags.command))
     handler = command[-1] if len(command) >= 2 else (env.get("_HANDLER") or None)
-    if values["function_name"] is None:
-        values["function_name"] = default_function_name(handler, command[0])
-    values["structured_logging"] = bool(values["structured_logging"])
-    values["dead_letter_queue"] = values["dead_letter_queue"] or f"{values['function_name']}-dlq"
+    function_name = values.get(settings.FUNCTION_NAME) or default_function_name(handler, command[0])
     return DaemonConfig(
-        amqp=amqp_settings(amqp_values, flags, env),
         command=tuple(command),
         handler=handler,
+        invoke_api_host=values[settings.INVOKE_API_HOST],
+        port=values[settings.PORT],
+        runtime_api_host=values[settings.RUNTIME_API_HOST],
+        runtime_api_port=values[settings.RUNTIME_API_PORT],
+        function_name=function_name,
+        function_version=values[settings.FUNCTION_VERSION],
+        timeout=values[settings.TIMEOUT],
+        idle_timeout=values[settings.IDLE_TIMEOUT],
+        memory_size=values[settings.MEMORY_SIZE],
+        max_concurrency=values[settings.MAX_CONCURRENCY],
+        print_reports=values[settings.PRINT_REPORTS],
+        log_level=values[settings.LOG_LEVEL],
+        structured_logging=values.get(settings.STRUCTURED_LOGGING) or False,
+        region=values[settings.REGION],
+        account_id=values[settings.ACCOUNT_ID],
+        shutdown_grace=values[settings.SHUTDOWN_GRACE],
         runtime_environ=runtime_base_environ(env),
-        **values,
+        amqp=amqp_settings(values, env),
+        max_retry_attempts=values[settings.MAX_RETRY_ATTEMPTS],
+        dead_letter_queue=values.get(settings.DEAD_LETTER_QUEUE) or f"{function_name}-dlq",
+        max_event_age=values[settings.MAX_EVENT_AGE],
+        event_retry_delay=values[settings.EVENT_RETRY_DELAY],
+        gateway=gateway_config(values),
+        enable_openfaas=values[settings.ENABLE_OPENFAAS],
+        runtime_api_peer_check=values[settings.RUNTIME_API_PEER_CHECK],
+        runtime_user=values.get(settings.RUNTIME_USER),
     )
 
 
@@ -399,19 +432,24 @@ class ServerConfig:
     region: str
     account_id: str
     amqp: AmqpConfig
-    gateway_port: int | None = None
-    gateway_event_format: str = "v2"
-    gateway_stage: str | None = None
-    gateway_routes: tuple[GatewayRoute, ...] | None = None
-    gateway_timeout: float = 29.0
+    gateway: GatewayConfig | None = None
 
 
 def server_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> ServerConfig:
     env = os.environ if environ is None else environ
     parser = build_parser("lambda-server", SERVER_SETTINGS, SERVER_DESCRIPTION)
     flags = parser.parse_args(expand_switches(argv, SERVER_SETTINGS))
-    values = resolve_settings(SERVER_SETTINGS, flags, env)
-    amqp = amqp_settings(values, flags, env)
-    assert amqp is not None
-    values["structured_logging"] = bool(values["structured_logging"])
-    return ServerConfig(amqp=amqp, **values)
+    values = SettingValues(SERVER_SETTINGS, flags, env)
+    amqp = amqp_settings(values, env)
+    assert amqp is not None  # AMQP_URI has a default here
+    return ServerConfig(
+        invoke_api_host=values[settings.INVOKE_API_HOST],
+        port=values[settings.PORT],
+        timeout=values[settings.SERVER_TIMEOUT],
+        log_level=values[settings.LOG_LEVEL],
+        structured_logging=values.get(settings.STRUCTURED_LOGGING) or False,
+        region=values[settings.REGION],
+        account_id=values[settings.ACCOUNT_ID],
+        amqp=amqp,
+        gateway=gateway_config(values),
+    )

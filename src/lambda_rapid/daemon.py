@@ -76,7 +76,7 @@ class Daemon:
         return RpcConsumer(self.config, self.dispatcher.submit)
 
     def _gateway(self) -> Gateway | None:
-        if self.config.gateway_port is None:
+        if self.config.gateway is None:
             return None
         # Imported only when the gateway is on: aiohttp is a large part of the start-up time.
         from lambda_rapid.gateway import gateway_for

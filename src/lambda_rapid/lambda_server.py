@@ -163,7 +163,7 @@ class LambdaServer:
         self._stop = asyncio.Event()
 
     def _gateway(self, backend: AmqpBackend) -> Gateway | None:
-        if self.config.gateway_port is None:
+        if self.config.gateway is None:
             return None
         # Imported only when the gateway is on: aiohttp is a large part of the start-up time.
         from lambda_rapid.gateway import gateway_for

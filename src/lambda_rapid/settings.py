@@ -13,7 +13,7 @@ import dataclasses
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 from lambda_rapid.credentials import parse_runtime_user, read_secret_file
 from lambda_rapid.names import is_function_name
@@ -138,244 +138,318 @@ def _queue_name(text: str) -> str:
     return text
 
 
+T = TypeVar("T")
+
+
+def _as_is(text: str) -> str:
+    return repr(text)
+
+
+def _without_password(uri: str) -> str:
+    """A URI as an error message may show it: the password (or all it might be) masked."""
+    scheme, sep, rest = uri.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not at or ":" not in userinfo:
+        return repr(uri)
+    return repr(f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{host}")
+
+
 @dataclass(frozen=True, slots=True)
-class Setting:
-    """One setting: its field name, env var, flag, parser, default and help text."""
+class Setting(Generic[T]):
+    """One setting: its field name, env var, flag, parser, default and help text.
+
+    `shown` renders a bad value in the error message (a URI's password never is).
+    """
 
     field: str
     env: str
     flag: str
-    parse: Callable[[str], Any]
+    parse: Callable[[str], T]
     default: str | None
     help: str
     is_switch: bool = False
+    shown: Callable[[str], str] = _as_is
 
 
-DAEMON_SETTINGS: tuple[Setting, ...] = (
-    Setting(
-        "invoke_api_host",
-        "INVOKE_API_HOST",
-        "--invoke-api-host",
-        _text,
-        "0.0.0.0",
-        "address the Invoke API listens on",
-    ),
-    Setting("port", "PORT", "--port", _port, "8080", "port of the Invoke API"),
-    Setting(
-        "runtime_api_host",
-        "RUNTIME_API_HOST",
-        "--runtime-api-host",
-        _text,
-        "127.0.0.1",
-        "address the Runtime API listens on (runtimes connect here)",
-    ),
-    Setting(
-        "runtime_api_port",
-        "RUNTIME_API_PORT",
-        "--runtime-api-port",
-        _port,
-        "9001",
-        "Runtime API port of the first instance; further instances get free ports "
-        "(0: every instance gets a free port)",
-    ),
-    Setting(
-        "function_name",
-        "AWS_LAMBDA_FUNCTION_NAME",
-        "--function-name",
-        _function_name,
-        None,
-        "function name (default: the handler's module, or the command's name)",
-    ),
-    Setting(
-        "function_version",
-        "AWS_LAMBDA_FUNCTION_VERSION",
-        "--function-version",
-        _text,
-        "$LATEST",
-        "function version reported to runtimes and callers",
-    ),
-    Setting(
-        "timeout",
-        "AWS_LAMBDA_FUNCTION_TIMEOUT",
-        "--timeout",
-        _positive_seconds,
-        "3",
-        "seconds an invocation may run before it times out",
-    ),
-    Setting(
-        "idle_timeout",
-        "AWS_LAMBDA_FUNCTION_IDLETIMEOUT",
-        "--idle-timeout",
-        _positive_seconds,
-        "1800",
-        "seconds an idle instance lives before it is stopped",
-    ),
-    Setting(
-        "memory_size",
-        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
-        "--memory-size",
-        _memory_size,
-        "3008",
-        "memory size in MB reported to runtimes and in REPORT lines",
-    ),
-    Setting(
-        "max_concurrency",
-        "MAX_CONCURRENCY",
-        "--max-concurrency",
-        _positive_int,
-        "1",
-        "most runtime instances running at once",
-    ),
-    Setting(
-        "print_reports",
-        "PRINT_REPORTS",
-        "--print-reports",
-        _boolean,
-        "FALSE",
-        "print START, END and REPORT lines for each invocation",
-        is_switch=True,
-    ),
-    Setting(
-        "runtime_api_peer_check",
-        "RUNTIME_API_PEER_CHECK",
-        "--runtime-api-peer-check",
-        _boolean,
-        "TRUE",
-        "serve an instance's Runtime API only to that instance's processes (needs /proc); "
-        "others get 403",
-        is_switch=True,
-    ),
-    Setting(
-        "log_level",
-        "LOG_LEVEL",
-        "--log-level",
-        _log_level,
-        "INFO",
-        "level of the daemon's own log lines",
-    ),
-    Setting(
-        "structured_logging",
-        "USE_STRUCTURED_LOGGING",
-        "--structured-logging",
-        _boolean,
-        None,
-        "log JSON lines instead of human-readable ones",
-        is_switch=True,
-    ),
-    Setting(
-        "region",
-        "AWS_REGION",
-        "--region",
-        _region,
-        "us-east-1",
-        "region used in ARNs and given to runtimes",
-    ),
-    Setting(
-        "account_id",
-        "AWS_ACCOUNT_ID",
-        "--account-id",
-        _account_id,
-        "123456789012",
-        "account id used in ARNs",
-    ),
-    Setting(
-        "shutdown_grace",
-        "SHUTDOWN_GRACE_PERIOD",
-        "--shutdown-grace",
-        _non_negative_seconds,
-        "5",
-        "seconds in-flight invocations may finish after SIGTERM/SIGINT",
-    ),
-    Setting(
-        "runtime_user",
-        "RUNTIME_USER",
-        "--runtime-user",
-        parse_runtime_user,
-        None,
-        "user runtimes run as when the daemon is root: name or uid[:gid], e.g. 65534:65534 "
-        "(unset: the daemon's user)",
-    ),
+INVOKE_API_HOST = Setting(
+    "invoke_api_host",
+    "INVOKE_API_HOST",
+    "--invoke-api-host",
+    _text,
+    "0.0.0.0",
+    "address the Invoke API listens on",
 )
 
-AMQP_SETTINGS: tuple[Setting, ...] = (
-    Setting(
-        "amqp_uri",
-        "AMQP_URI",
-        "--amqp-uri",
-        _amqp_uri,
-        None,
-        "RabbitMQ URI, e.g. amqp://host:5672/?connection_attempts=20&retry_delay=10 "
-        "(unset: no broker)",
-    ),
-    Setting(
-        "amqp_username",
-        "AMQP_USERNAME",
-        "--amqp-username",
-        _text,
-        None,
-        "broker user name when AMQP_URI has none",
-    ),
-    Setting(
-        "amqp_password",
-        "AMQP_PASSWORD",
-        "--amqp-password",
-        _text,
-        None,
-        "broker password when AMQP_URI has none",
-    ),
-    Setting(
-        "amqp_uri_file",
-        "AMQP_URI_FILE",
-        "--amqp-uri-file",
-        _amqp_uri_file,
-        None,
-        "file holding AMQP_URI (e.g. a Docker or Kubernetes secret), instead of AMQP_URI",
-    ),
-    Setting(
-        "amqp_password_file",
-        "AMQP_PASSWORD_FILE",
-        "--amqp-password-file",
-        read_secret_file,
-        None,
-        "file holding AMQP_PASSWORD, instead of AMQP_PASSWORD",
-    ),
+PORT = Setting("port", "PORT", "--port", _port, "8080", "port of the Invoke API")
+
+RUNTIME_API_HOST = Setting(
+    "runtime_api_host",
+    "RUNTIME_API_HOST",
+    "--runtime-api-host",
+    _text,
+    "127.0.0.1",
+    "address the Runtime API listens on (runtimes connect here)",
 )
 
-DAEMON_AMQP_SETTINGS: tuple[Setting, ...] = (
-    Setting(
-        "max_retry_attempts",
-        "MAXIMUM_RETRY_ATTEMPTS",
-        "--maximum-retry-attempts",
-        _retry_attempts,
-        "2",
-        "retries of a failed Event invocation (AMQP mode)",
-    ),
-    Setting(
-        "dead_letter_queue",
-        "DEAD_LETTER_QUEUE",
-        "--dead-letter-queue",
-        _queue_name,
-        None,
-        "queue for Event invocations that failed every attempt (default <function>-dlq)",
-    ),
-    Setting(
-        "max_event_age",
-        "MAXIMUM_EVENT_AGE",
-        "--maximum-event-age",
-        _event_age,
-        "21600",
-        "seconds an Event may wait in the queue before it is dead-lettered unrun "
-        "(60-21600, as Lambda's MaximumEventAgeInSeconds)",
-    ),
-    Setting(
-        "event_retry_delay",
-        "RETRY_DELAY",
-        "--retry-delay",
-        _non_negative_seconds,
-        "60",
-        "seconds before the first retry of a failed Event, doubled for each later one, "
-        "waited in the broker (0: retry at once)",
-    ),
+RUNTIME_API_PORT = Setting(
+    "runtime_api_port",
+    "RUNTIME_API_PORT",
+    "--runtime-api-port",
+    _port,
+    "9001",
+    "Runtime API port of the first instance; further instances get free ports "
+    "(0: every instance gets a free port)",
+)
+
+FUNCTION_NAME = Setting(
+    "function_name",
+    "AWS_LAMBDA_FUNCTION_NAME",
+    "--function-name",
+    _function_name,
+    None,
+    "function name (default: the handler's module, or the command's name)",
+)
+
+FUNCTION_VERSION = Setting(
+    "function_version",
+    "AWS_LAMBDA_FUNCTION_VERSION",
+    "--function-version",
+    _text,
+    "$LATEST",
+    "function version reported to runtimes and callers",
+)
+
+TIMEOUT = Setting(
+    "timeout",
+    "AWS_LAMBDA_FUNCTION_TIMEOUT",
+    "--timeout",
+    _positive_seconds,
+    "3",
+    "seconds an invocation may run before it times out",
+)
+
+IDLE_TIMEOUT = Setting(
+    "idle_timeout",
+    "AWS_LAMBDA_FUNCTION_IDLETIMEOUT",
+    "--idle-timeout",
+    _positive_seconds,
+    "1800",
+    "seconds an idle instance lives before it is stopped",
+)
+
+MEMORY_SIZE = Setting(
+    "memory_size",
+    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+    "--memory-size",
+    _memory_size,
+    "3008",
+    "memory size in MB reported to runtimes and in REPORT lines",
+)
+
+MAX_CONCURRENCY = Setting(
+    "max_concurrency",
+    "MAX_CONCURRENCY",
+    "--max-concurrency",
+    _positive_int,
+    "1",
+    "most runtime instances running at once",
+)
+
+PRINT_REPORTS = Setting(
+    "print_reports",
+    "PRINT_REPORTS",
+    "--print-reports",
+    _boolean,
+    "FALSE",
+    "print START, END and REPORT lines for each invocation",
+    is_switch=True,
+)
+
+RUNTIME_API_PEER_CHECK = Setting(
+    "runtime_api_peer_check",
+    "RUNTIME_API_PEER_CHECK",
+    "--runtime-api-peer-check",
+    _boolean,
+    "TRUE",
+    "serve an instance's Runtime API only to that instance's processes (needs /proc); "
+    "others get 403",
+    is_switch=True,
+)
+
+LOG_LEVEL = Setting(
+    "log_level",
+    "LOG_LEVEL",
+    "--log-level",
+    _log_level,
+    "INFO",
+    "level of the daemon's own log lines",
+)
+
+STRUCTURED_LOGGING = Setting(
+    "structured_logging",
+    "USE_STRUCTURED_LOGGING",
+    "--structured-logging",
+    _boolean,
+    None,
+    "log JSON lines instead of human-readable ones",
+    is_switch=True,
+)
+
+REGION = Setting(
+    "region",
+    "AWS_REGION",
+    "--region",
+    _region,
+    "us-east-1",
+    "region used in ARNs and given to runtimes",
+)
+
+ACCOUNT_ID = Setting(
+    "account_id",
+    "AWS_ACCOUNT_ID",
+    "--account-id",
+    _account_id,
+    "123456789012",
+    "account id used in ARNs",
+)
+
+SHUTDOWN_GRACE = Setting(
+    "shutdown_grace",
+    "SHUTDOWN_GRACE_PERIOD",
+    "--shutdown-grace",
+    _non_negative_seconds,
+    "5",
+    "seconds in-flight invocations may finish after SIGTERM/SIGINT",
+)
+
+RUNTIME_USER = Setting(
+    "runtime_user",
+    "RUNTIME_USER",
+    "--runtime-user",
+    parse_runtime_user,
+    None,
+    "user runtimes run as when the daemon is root: name or uid[:gid], e.g. 65534:65534 "
+    "(unset: the daemon's user)",
+)
+
+DAEMON_SETTINGS: tuple[Setting[Any], ...] = (
+    INVOKE_API_HOST,
+    PORT,
+    RUNTIME_API_HOST,
+    RUNTIME_API_PORT,
+    FUNCTION_NAME,
+    FUNCTION_VERSION,
+    TIMEOUT,
+    IDLE_TIMEOUT,
+    MEMORY_SIZE,
+    MAX_CONCURRENCY,
+    PRINT_REPORTS,
+    RUNTIME_API_PEER_CHECK,
+    LOG_LEVEL,
+    STRUCTURED_LOGGING,
+    REGION,
+    ACCOUNT_ID,
+    SHUTDOWN_GRACE,
+    RUNTIME_USER,
+)
+
+AMQP_URI = Setting(
+    "amqp_uri",
+    "AMQP_URI",
+    "--amqp-uri",
+    _amqp_uri,
+    None,
+    "RabbitMQ URI, e.g. amqp://host:5672/?connection_attempts=20&retry_delay=10 (unset: no broker)",
+    shown=_without_password,
+)
+
+AMQP_USERNAME = Setting(
+    "amqp_username",
+    "AMQP_USERNAME",
+    "--amqp-username",
+    _text,
+    None,
+    "broker user name when AMQP_URI has none",
+)
+
+AMQP_PASSWORD = Setting(
+    "amqp_password",
+    "AMQP_PASSWORD",
+    "--amqp-password",
+    _text,
+    None,
+    "broker password when AMQP_URI has none",
+)
+
+AMQP_URI_FILE = Setting(
+    "amqp_uri_file",
+    "AMQP_URI_FILE",
+    "--amqp-uri-file",
+    _amqp_uri_file,
+    None,
+    "file holding AMQP_URI (e.g. a Docker or Kubernetes secret), instead of AMQP_URI",
+)
+
+AMQP_PASSWORD_FILE = Setting(
+    "amqp_password_file",
+    "AMQP_PASSWORD_FILE",
+    "--amqp-password-file",
+    read_secret_file,
+    None,
+    "file holding AMQP_PASSWORD, instead of AMQP_PASSWORD",
+)
+
+AMQP_SETTINGS: tuple[Setting[Any], ...] = (
+    AMQP_URI,
+    AMQP_USERNAME,
+    AMQP_PASSWORD,
+    AMQP_URI_FILE,
+    AMQP_PASSWORD_FILE,
+)
+
+MAX_RETRY_ATTEMPTS = Setting(
+    "max_retry_attempts",
+    "MAXIMUM_RETRY_ATTEMPTS",
+    "--maximum-retry-attempts",
+    _retry_attempts,
+    "2",
+    "retries of a failed Event invocation (AMQP mode)",
+)
+
+DEAD_LETTER_QUEUE = Setting(
+    "dead_letter_queue",
+    "DEAD_LETTER_QUEUE",
+    "--dead-letter-queue",
+    _queue_name,
+    None,
+    "queue for Event invocations that failed every attempt (default <function>-dlq)",
+)
+
+MAX_EVENT_AGE = Setting(
+    "max_event_age",
+    "MAXIMUM_EVENT_AGE",
+    "--maximum-event-age",
+    _event_age,
+    "21600",
+    "seconds an Event may wait in the queue before it is dead-lettered unrun "
+    "(60-21600, as Lambda's MaximumEventAgeInSeconds)",
+)
+
+EVENT_RETRY_DELAY = Setting(
+    "event_retry_delay",
+    "RETRY_DELAY",
+    "--retry-delay",
+    _non_negative_seconds,
+    "60",
+    "seconds before the first retry of a failed Event, doubled for each later one, "
+    "waited in the broker (0: retry at once)",
+)
+
+DAEMON_AMQP_SETTINGS: tuple[Setting[Any], ...] = (
+    MAX_RETRY_ATTEMPTS,
+    DEAD_LETTER_QUEUE,
+    MAX_EVENT_AGE,
+    EVENT_RETRY_DELAY,
 )
 
 
@@ -396,62 +470,72 @@ def _stage(text: str) -> str | None:
     return text
 
 
-GATEWAY_SETTINGS: tuple[Setting, ...] = (
-    Setting(
-        "gateway_port",
-        "GATEWAY_PORT",
-        "--gateway-port",
-        _port,
-        None,
-        "port of the API Gateway-style HTTP front door on INVOKE_API_HOST (unset: off)",
-    ),
-    Setting(
-        "gateway_event_format",
-        "GATEWAY_EVENT_FORMAT",
-        "--gateway-event-format",
-        _event_format,
-        "v2",
-        "event the gateway sends: v1 (REST API proxy) or v2 (HTTP API, function URL)",
-    ),
-    Setting(
-        "gateway_stage",
-        "GATEWAY_STAGE",
-        "--gateway-stage",
-        _stage,
-        None,
-        "stage name: requests must start with /<stage> (unset: $default, no prefix)",
-    ),
-    Setting(
-        "gateway_routes",
-        "GATEWAY_ROUTES",
-        "--gateway-routes",
-        parse_routes,
-        None,
-        "route keys, e.g. 'GET /items/{id},ANY /files/{proxy+}', or @FILE with one a line "
-        "(lambda-server: 'GET /items/{id}=function'); other paths answer 404 (unset: every path)",
-    ),
-    Setting(
-        "gateway_timeout",
-        "GATEWAY_TIMEOUT",
-        "--gateway-timeout",
-        _positive_seconds,
-        "29",
-        "seconds the gateway waits for the function before answering 504",
-    ),
+GATEWAY_PORT = Setting(
+    "gateway_port",
+    "GATEWAY_PORT",
+    "--gateway-port",
+    _port,
+    None,
+    "port of the API Gateway-style HTTP front door on INVOKE_API_HOST (unset: off)",
+)
+
+GATEWAY_EVENT_FORMAT = Setting(
+    "gateway_event_format",
+    "GATEWAY_EVENT_FORMAT",
+    "--gateway-event-format",
+    _event_format,
+    "v2",
+    "event the gateway sends: v1 (REST API proxy) or v2 (HTTP API, function URL)",
+)
+
+GATEWAY_STAGE = Setting(
+    "gateway_stage",
+    "GATEWAY_STAGE",
+    "--gateway-stage",
+    _stage,
+    None,
+    "stage name: requests must start with /<stage> (unset: $default, no prefix)",
+)
+
+GATEWAY_ROUTES = Setting(
+    "gateway_routes",
+    "GATEWAY_ROUTES",
+    "--gateway-routes",
+    parse_routes,
+    None,
+    "route keys, e.g. 'GET /items/{id},ANY /files/{proxy+}', or @FILE with one a line "
+    "(lambda-server: 'GET /items/{id}=function'); other paths answer 404 (unset: every path)",
+)
+
+GATEWAY_TIMEOUT = Setting(
+    "gateway_timeout",
+    "GATEWAY_TIMEOUT",
+    "--gateway-timeout",
+    _positive_seconds,
+    "29",
+    "seconds the gateway waits for the function before answering 504",
+)
+
+GATEWAY_SETTINGS: tuple[Setting[Any], ...] = (
+    GATEWAY_PORT,
+    GATEWAY_EVENT_FORMAT,
+    GATEWAY_STAGE,
+    GATEWAY_ROUTES,
+    GATEWAY_TIMEOUT,
 )
 
 
-OPENFAAS_SETTINGS: tuple[Setting, ...] = (
-    Setting(
-        "enable_openfaas",
-        "ENABLE_OPENFAAS",
-        "--enable-openfaas",
-        _boolean,
-        "FALSE",
-        "also serve the OpenFaaS watchdog routes POST /, GET /_/health and GET /_/ready",
-        is_switch=True,
-    ),
+ENABLE_OPENFAAS = Setting(
+    "enable_openfaas",
+    "ENABLE_OPENFAAS",
+    "--enable-openfaas",
+    _boolean,
+    "FALSE",
+    "also serve the OpenFaaS watchdog routes POST /, GET /_/health and GET /_/ready",
+    is_switch=True,
 )
+
+OPENFAAS_SETTINGS: tuple[Setting[Any], ...] = (ENABLE_OPENFAAS,)
 
 ALL_DAEMON_SETTINGS = (
     DAEMON_SETTINGS + AMQP_SETTINGS + DAEMON_AMQP_SETTINGS + GATEWAY_SETTINGS + OPENFAAS_SETTINGS
@@ -459,7 +543,7 @@ ALL_DAEMON_SETTINGS = (
 
 
 def build_parser(
-    prog: str, settings: Sequence[Setting], description: str
+    prog: str, settings: Sequence[Setting[Any]], description: str
 ) -> argparse.ArgumentParser:
     """An argument parser whose flags and help come from the settings table."""
     parser = argparse.ArgumentParser(
@@ -481,7 +565,7 @@ def build_parser(
     return parser
 
 
-def expand_switches(argv: Sequence[str], settings: Sequence[Setting]) -> list[str]:
+def expand_switches(argv: Sequence[str], settings: Sequence[Setting[Any]]) -> list[str]:
     """A bare switch (`--print-reports`) means TRUE, without taking the next word.
 
     Only the options before the runtime command are looked at; `--flag=VALUE` still works.
@@ -502,33 +586,56 @@ def expand_switches(argv: Sequence[str], settings: Sequence[Setting]) -> list[st
     return result
 
 
-def resolve_settings(
-    settings: Sequence[Setting], flags: argparse.Namespace, environ: Mapping[str, str]
-) -> dict[str, Any]:
-    """Parse each setting from its flag, else its env var, else its default."""
-    values: dict[str, Any] = {}
-    for setting in settings:
-        flag_value = getattr(flags, setting.field, None)
+class SettingValues:
+    """Every setting of a table parsed from its flag, else its env var, else its default."""
+
+    def __init__(
+        self,
+        settings: Sequence[Setting[Any]],
+        flags: argparse.Namespace,
+        environ: Mapping[str, str],
+    ) -> None:
+        self._flags = flags
+        self._environ = environ
+        self._values: dict[str, object] = {}
+        for setting in settings:
+            self._values[setting.field] = self._parse(setting)
+
+    def _parse(self, setting: Setting[Any]) -> object:
+        flag_value = getattr(self._flags, setting.field, None)
         if flag_value is not None:
             raw, source = flag_value, setting.flag
-        elif setting.env in environ:
-            raw, source = environ[setting.env], setting.env
+        elif setting.env in self._environ:
+            raw, source = self._environ[setting.env], setting.env
         else:
             raw, source = setting.default, setting.env
         if raw is None:
-            values[setting.field] = None
-            continue
+            return None
         try:
-            values[setting.field] = setting.parse(raw)
+            return setting.parse(raw)
         except ValueError as exc:
-            reason = str(exc) if not str(exc).startswith("invalid literal") else "not a number"
-            if "could not convert" in reason:
+            reason = str(exc)
+            if reason.startswith("invalid literal") or "could not convert" in reason:
                 reason = "not a number"
-            raise ConfigError(f"invalid {source}={raw!r}: {reason}") from None
-    return values
+            raise ConfigError(f"invalid {source}={setting.shown(raw)}: {reason}") from None
+
+    def get(self, setting: Setting[T]) -> T | None:
+        """The setting's value; None when it is unset and has no default."""
+        return cast("T | None", self._values[setting.field])
+
+    def __getitem__(self, setting: Setting[T]) -> T:
+        """The value of a setting that has a default."""
+        value = self.get(setting)
+        if value is None:
+            raise AssertionError(f"{setting.env} has no default")
+        return value
+
+    def given(self, setting: Setting[Any]) -> bool:
+        """Whether the flag or the env var was given (even empty)."""
+        return getattr(self._flags, setting.field, None) is not None or setting.env in self._environ
 
 
-def settings_markdown(settings: Sequence[Setting]) -> str:
+def settings_markdown(settings: Sequence[Setting[Any]]) -> str:
     """The README's settings table (a test keeps the README in step with this)."""
     rows = ["| Variable | Flag | Default | Meaning |", "|---|---|---|---|"]
     for s in settings:
@@ -537,28 +644,25 @@ def settings_markdown(settings: Sequence[Setting]) -> str:
     return "\n".join(rows)
 
 
-def _server_settings() -> tuple[Setting, ...]:
-    shared = {s.field: s for s in DAEMON_SETTINGS}
-    timeout = dataclasses.replace(
-        shared["timeout"],
-        default="1800",
-        help="seconds to wait for a reply before answering with a timeout (fail-safe)",
-    )
-    return (
-        shared["invoke_api_host"],
-        shared["port"],
-        timeout,
-        shared["log_level"],
-        shared["structured_logging"],
-        shared["region"],
-        shared["account_id"],
-        dataclasses.replace(
-            AMQP_SETTINGS[0],
-            default="amqp://127.0.0.1:5672/?connection_attempts=20&retry_delay=10",
-        ),
-        *AMQP_SETTINGS[1:],
-        *GATEWAY_SETTINGS,
-    )
+# lambda-server's own defaults of two shared settings (same fields, so read the same way).
+SERVER_TIMEOUT = dataclasses.replace(
+    TIMEOUT,
+    default="1800",
+    help="seconds to wait for a reply before answering with a timeout (fail-safe)",
+)
+SERVER_AMQP_URI = dataclasses.replace(
+    AMQP_URI, default="amqp://127.0.0.1:5672/?connection_attempts=20&retry_delay=10"
+)
 
-
-SERVER_SETTINGS = _server_settings()
+SERVER_SETTINGS: tuple[Setting[Any], ...] = (
+    INVOKE_API_HOST,
+    PORT,
+    SERVER_TIMEOUT,
+    LOG_LEVEL,
+    STRUCTURED_LOGGING,
+    REGION,
+    ACCOUNT_ID,
+    SERVER_AMQP_URI,
+    *AMQP_SETTINGS[1:],
+    *GATEWAY_SETTINGS,
+)

@@ -16,6 +16,7 @@ from lambda_rapid.config import (
     default_function_name,
     instance_environ,
     runtime_base_environ,
+    server_config,
 )
 from lambda_rapid.credentials import RuntimeUser
 
@@ -406,8 +407,9 @@ def test_config_is_frozen() -> None:
 def test_gateway_routes_from_a_route_file(tmp_path):
     routes = tmp_path / "routes.txt"
     routes.write_text("# items\nGET /items/{id}=items-fn\n\nANY /files/{proxy+}=files-fn  # all\n")
-    config = daemon_config(["--gateway-routes", f"@{routes}", *COMMAND], {})
-    assert [(r.method, r.path, r.function) for r in config.gateway_routes] == [
+    config = daemon_config(["--gateway-routes", f"@{routes}", *COMMAND], {"GATEWAY_PORT": "0"})
+    assert config.gateway is not None and config.gateway.routes is not None
+    assert [(r.method, r.path, r.function) for r in config.gateway.routes] == [
         ("GET", "/items/{id}", "items-fn"),
         ("ANY", "/files/{proxy+}", "files-fn"),
     ]
@@ -416,3 +418,32 @@ def test_gateway_routes_from_a_route_file(tmp_path):
 def test_missing_route_file_names_the_setting(tmp_path):
     with pytest.raises(ConfigError, match="GATEWAY_ROUTES"):
         daemon_config(COMMAND, {"GATEWAY_ROUTES": f"@{tmp_path}/nope.txt"})
+
+
+def test_gateway_settings_are_checked_even_with_the_gateway_off() -> None:
+    with pytest.raises(ConfigError, match="GATEWAY_TIMEOUT"):
+        daemon_config(COMMAND, {"GATEWAY_TIMEOUT": "soon"})
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "amqp://user:s3cr3t-pw@broker:notaport/",
+        "amqp://user:s3cr3t-pw@broker/?connection_attempts=many",
+        "http://user:s3cr3t-pw@broker/",
+        "amqp://user:s3cr3t-pw@/",
+        "amqp://user:s3cr3t-pw@[::1/",
+        "amqp://us@er:s3cr3t-pw@x@host:bad/",
+    ],
+)
+def test_invalid_amqp_uri_never_shows_the_password(uri: str) -> None:
+    for build in (lambda env: daemon_config(COMMAND, env), lambda env: server_config([], env)):
+        with pytest.raises(ConfigError) as info:
+            build({"AMQP_URI": uri})
+        message = str(info.value)
+        assert message.startswith("invalid AMQP_URI=")
+        assert "s3cr3t" not in message
+        assert "***" in message
+    with pytest.raises(ConfigError) as info:
+        daemon_config([f"--amqp-uri={uri}", *COMMAND], {})
+    assert "--amqp-uri=" in str(info.value) and "s3cr3t" not in str(info.value)

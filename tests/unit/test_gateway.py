@@ -8,6 +8,7 @@ import pytest
 
 from lambda_rapid.config import (
     ConfigError,
+    GatewayConfig,
     daemon_config,
     server_config,
 )
@@ -112,19 +113,14 @@ def test_router_refuses_a_half_named_route_table() -> None:
 # -- settings -------------------------------------------------------------------------------
 
 
-def test_gateway_defaults() -> None:
-    config = daemon_config(COMMAND, {})
-    assert config.gateway_port is None
-    assert config.gateway_event_format == "v2"
-    assert config.gateway_stage is None
-    assert config.gateway_routes is None
-    assert config.gateway_timeout == 29.0
-    server = server_config([], {})
-    assert (server.gateway_port, server.gateway_event_format, server.gateway_timeout) == (
-        None,
-        "v2",
-        29.0,
-    )
+def test_gateway_is_off_by_default_and_its_settings_default_when_on() -> None:
+    assert daemon_config(COMMAND, {}).gateway is None
+    assert server_config([], {}).gateway is None
+    for config in (
+        daemon_config(COMMAND, {"GATEWAY_PORT": "8081"}),
+        server_config(["--gateway-port", "8081"], {}),
+    ):
+        assert config.gateway == GatewayConfig(8081, "v2", None, None, 29.0)
 
 
 def test_gateway_settings_from_env_and_flags() -> None:
@@ -135,23 +131,14 @@ def test_gateway_settings_from_env_and_flags() -> None:
         "GATEWAY_ROUTES": " GET /items/{id} , any /files/{proxy+}=files-fn,",
         "GATEWAY_TIMEOUT": "2.5",
     }
-    config = daemon_config(COMMAND, environ)
-    assert config.gateway_port == 8081
-    assert config.gateway_event_format == "v1"
-    assert config.gateway_stage == "prod"
-    assert config.gateway_routes == (
+    routes = (
         GatewayRoute("GET", "/items/{id}"),
         GatewayRoute("ANY", "/files/{proxy+}", "files-fn"),
     )
-    assert config.gateway_timeout == 2.5
+    assert daemon_config(COMMAND, environ).gateway == GatewayConfig(8081, "v1", "prod", routes, 2.5)
     flags = ["--gateway-port", "9", "--gateway-event-format", "V2", "--gateway-stage", "$default"]
     server = server_config([*flags, "--gateway-routes", "POST /x=fn"], environ)
-    assert (server.gateway_port, server.gateway_event_format, server.gateway_stage) == (
-        9,
-        "v2",
-        None,
-    )
-    assert server.gateway_routes == (GatewayRoute("POST", "/x", "fn"),)
+    assert server.gateway == GatewayConfig(9, "v2", None, (GatewayRoute("POST", "/x", "fn"),), 2.5)
 
 
 @pytest.mark.parametrize(
