@@ -191,15 +191,16 @@ def gateway_for(
     config: DaemonConfig | ServerConfig, backend: Backend, function: str | None
 ) -> Gateway | None:
     """The gateway a config asks for (None when GATEWAY_PORT is unset)."""
-    if config.gateway_port is None:
+    gateway = config.gateway
+    if gateway is None:
         return None
     options = GatewayOptions(
         config.invoke_api_host,
-        config.gateway_port,
-        config.gateway_event_format,
-        config.gateway_stage,
-        config.gateway_routes,
-        config.gateway_timeout,
+        gateway.port,
+        gateway.event_format,
+        gateway.stage,
+        gateway.routes,
+        gateway.timeout,
         config.account_id,
     )
     return Gateway(options, backend, function, config.timeout)
