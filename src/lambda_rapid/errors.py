@@ -4,7 +4,8 @@ Invoke API errors carry their HTTP status, the ``x-amzn-ErrorType`` code and the
 name AWS uses for the message (some shapes say ``Message``, others ``message``). Runtime
 API errors carry the status and ``errorType`` Lambda gives a misbehaving runtime.
 Function-level failures (timeout, exit, oversized response) are built by the helpers at
-the bottom, in the body shape Lambda hands to the invoker.
+the bottom, in the body shape Lambda hands to the invoker, and `error_member` is the one
+reader of such bodies. ``BrokerUnavailable`` ends a daemon or lambda-server with status 1.
 """
 
 from __future__ import annotations
@@ -127,6 +128,10 @@ class ServiceUnavailable(InvokeError):
     code = "ServiceException"
 
 
+class BrokerUnavailable(Exception):
+    """The broker could not be reached within the configured attempts (exit status 1)."""
+
+
 class RuntimeApiError(Exception):
     """A Runtime API error answer to a runtime process."""
 
@@ -162,6 +167,15 @@ MAX_REQUEST_PAYLOAD = 6 * 1024 * 1024
 MAX_EVENT_PAYLOAD = 1024 * 1024
 MAX_RESPONSE_PAYLOAD = MAX_REQUEST_PAYLOAD + 100
 MAX_CLIENT_CONTEXT = 3583
+
+
+def error_member(body: bytes, name: str) -> str | None:
+    """A text member (errorType, errorMessage) of a JSON error body; None when it has none."""
+    try:
+        value = json.loads(body).get(name)
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def function_error_body(error_type: str, message: str) -> bytes:

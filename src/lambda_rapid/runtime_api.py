@@ -10,7 +10,6 @@ Lambda's status code and ``{"errorMessage", "errorType"}`` body, rendered in one
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 from collections.abc import Awaitable
@@ -23,6 +22,7 @@ from lambda_rapid.errors import (
     MAX_RESPONSE_PAYLOAD,
     PayloadTooLarge,
     RuntimeApiError,
+    error_member,
     response_too_large_error,
 )
 from lambda_rapid.httpserver import HttpServer, Request, Response
@@ -60,11 +60,7 @@ REFUSED_LINGER = 10.0
 
 def error_type_of(body: bytes) -> str:
     """The errorType of an error body, for runtimes that send no error-type header."""
-    try:
-        error_type = json.loads(body).get("errorType")
-    except (ValueError, AttributeError):
-        return UNKNOWN_ERROR_TYPE
-    return error_type if isinstance(error_type, str) and error_type else UNKNOWN_ERROR_TYPE
+    return error_member(body, "errorType") or UNKNOWN_ERROR_TYPE
 
 
 def accepted() -> Response:

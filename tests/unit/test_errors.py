@@ -126,3 +126,18 @@ def test_limits() -> None:
     assert errors.MAX_EVENT_PAYLOAD == 1024 * 1024
     assert errors.MAX_RESPONSE_PAYLOAD == errors.MAX_REQUEST_PAYLOAD + 100
     assert errors.MAX_CLIENT_CONTEXT == 3583
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"errorType": "Runtime.Crash", "errorMessage": "x"}', "Runtime.Crash"),
+        (b'{"errorType": 5}', None),
+        (b'["errorType"]', None),
+        (b"not json", None),
+        (b"\xff\xfe", None),
+        (b"", None),
+    ],
+)
+def test_error_member_reads_text_members_only(body: bytes, expected: str | None) -> None:
+    assert errors.error_member(body, "errorType") == expected
