@@ -3,31 +3,42 @@
 ``Gateway`` listens on GATEWAY_PORT, turns each request into one invocation whose payload
 is an API Gateway proxy event (format 1.0 or 2.0, built by ``proxy_events``) and answers
 with the function's proxy response as API Gateway does: 502 for a malformed response or
-a failed function, 504 when GATEWAY_TIMEOUT passes first. ``Router`` decides which
-function and route a path belongs to: the daemon's own function; in the Lambda Server
-the first path segment, or the route table when its routes name functions.
+a failed function, 504 when GATEWAY_TIMEOUT passes first. It runs on ``httpserver``
+with the Invoke API's limits (``GATEWAY_LIMITS``), its refusals in API Gateway's shape.
+``Router`` decides which function and route a path belongs to: the daemon's own
+function; in the Lambda Server the first path segment, or the route table when its
+routes name functions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import secrets
+import socket
 import string
 import time
 import urllib.parse
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-
-from aiohttp import web
-from multidict import CIMultiDict
+from http import HTTPStatus
 
 from lambda_rapid.config import ConfigError, DaemonConfig, ServerConfig
 from lambda_rapid.errors import MAX_REQUEST_PAYLOAD, InvokeError
+from lambda_rapid.httpserver import (
+    FullRequest,
+    HeaderList,
+    HttpServer,
+    Limits,
+    ProxyProtocol,
+    Request,
+    Response,
+)
 from lambda_rapid.invocation import Invocation, InvocationResult, new_trace_id
-from lambda_rapid.invoke_api import Backend
+from lambda_rapid.invoke_api import LIMITS, Backend
 from lambda_rapid.proxy_events import (
     ApiContext,
     Headers,
@@ -39,11 +50,17 @@ from lambda_rapid.proxy_events import (
     proxy_match,
 )
 from lambda_rapid.routes import GatewayRoute
+from lambda_rapid.sockets import listen_socket
 
 logger = logging.getLogger(__name__)
 
 MAX_GATEWAY_PAYLOAD = 10 * 1024 * 1024  # API Gateway's own request limit
 DEFAULT_STAGE = "$default"
+# The Invoke API's limits (head size, time to send a request, idle time, connections),
+# with API Gateway's body size.
+GATEWAY_LIMITS = dataclasses.replace(
+    LIMITS, max_body=MAX_GATEWAY_PAYLOAD, max_drain=2 * MAX_GATEWAY_PAYLOAD
+)
 
 
 # -- routing ------------------------------------------------------------------------------
@@ -180,11 +197,34 @@ class GatewayOptions:
     account_id: str
 
 
-def message_response(status: int, message: str, headers: Headers = ()) -> web.Response:
+def message_response(status: int, message: str, headers: Headers = ()) -> Response:
     body = json.dumps({"message": message}).encode()
-    merged = CIMultiDict(headers)
-    merged["Content-Type"] = "application/json"
-    return web.Response(status=status, body=body, headers=merged)
+    return Response(status, body, HeaderList([*headers, ("Content-Type", "application/json")]))
+
+
+def refusal(status: int) -> Response:
+    """The HTTP server's own refusals (400, 408, 413, 417, 431, 503) as API Gateway words them."""
+    return message_response(status, HTTPStatus(status).phrase)
+
+
+def internal_error(error: Exception) -> Response:
+    return message_response(500, "Internal server error")
+
+
+def wire_headers(headers: Headers) -> HeaderList:
+    """Answer headers; non-ASCII text goes on the wire as UTF-8."""
+    return HeaderList([(_wire_text(name), _wire_text(value)) for name, value in headers])
+
+
+def _wire_text(text: str) -> str:
+    if text.isascii():
+        return text
+    try:
+        # Bytes of a request header that were not UTF-8 go back as they came.
+        encoded = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        encoded = text.encode("utf-8", "replace")
+    return encoded.decode("latin-1")  # the server writes headers as latin-1: byte for byte
 
 
 def gateway_for(
@@ -207,7 +247,7 @@ def gateway_for(
 
 
 class Gateway:
-    """An aiohttp app on its own port: any method, any path → one invocation."""
+    """An HTTP server on its own port: any method, any path → one invocation."""
 
     def __init__(
         self,
@@ -215,6 +255,7 @@ class Gateway:
         backend: Backend,
         function: str | None,
         invocation_timeout: float,
+        limits: Limits = GATEWAY_LIMITS,
     ) -> None:
         self._options = options
         self._backend = backend
@@ -224,27 +265,22 @@ class Gateway:
             secrets.choice(string.ascii_lowercase + string.digits) for _ in range(10)
         )
         self._accepting = True
-        self._runner: web.AppRunner | None = None
         self._calls: set[asyncio.Future[InvocationResult]] = set()
-
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_GATEWAY_PAYLOAD)
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        return app
-
-    async def start(self) -> None:
-        options = self._options
-        self._runner = web.AppRunner(
-            self.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0
+        self._server = HttpServer(
+            self.handle,
+            internal_error,
+            limits.max_body,
+            limits=limits,
+            refuse=refusal,
+            protocol=ProxyProtocol,
         )
-        await self._runner.setup()
-        try:
-            await web.TCPSite(self._runner, options.host, options.port).start()
-        except OSError as error:
-            raise ConfigError(
-                f"cannot listen on INVOKE_API_HOST:GATEWAY_PORT {options.host}:{options.port}: "
-                f"{error.strerror or error}"
-            ) from None
+
+    async def start(self, listening: socket.socket | None = None) -> None:
+        """Serve on `listening`, or on a socket bound to INVOKE_API_HOST:GATEWAY_PORT."""
+        options = self._options
+        if listening is None:
+            listening = listen_socket(options.host, options.port, "INVOKE_API_HOST:GATEWAY_PORT")
+        await self._server.serve_socket(listening)
         logger.info(
             "gateway (%s events) on %s:%d", options.event_format, options.host, options.port
         )
@@ -253,32 +289,32 @@ class Gateway:
         self._accepting = False
 
     async def close(self) -> None:
+        # Requests still waiting get 503; the functions' own runs are the daemon's to end.
         for call in list(self._calls):
             call.cancel()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        self._server.close()
 
-    async def handle(self, request: web.Request) -> web.Response:
+    def handle(self, request: Request) -> Response | Awaitable[Response]:
+        assert isinstance(request, FullRequest)  # ProxyProtocol makes only these
         context = self._context(request)
         marker = self._request_id_header(context.request_id)
         if not self._accepting:
             return message_response(503, "Service Unavailable", marker)
-        located = self._router.locate(request.method, request.rel_url.raw_path)
+        located = self._router.locate(request.method, request.path)
         if located is None:
             return message_response(404, "Not Found", marker)
-        try:
-            http_request = await self._http_request(request, located.raw_path)
-        except web.HTTPRequestEntityTooLarge:
+        if request.body_too_large:
             return message_response(413, "Request Entity Too Large", marker)
+        http_request = self._http_request(request, located.raw_path)
         event = build_event(self._options.event_format, http_request, located.match, context)
         payload = json.dumps(event).encode()
         if len(payload) > MAX_REQUEST_PAYLOAD:
             return message_response(413, "Request Entity Too Large", marker)
-        return await self._answer(located.function, payload, http_request, marker)
+        return self._answer(located.function, payload, http_request, marker)
 
     async def _answer(
         self, function: str, payload: bytes, request: HttpRequest, marker: Headers
-    ) -> web.Response:
+    ) -> Response:
         try:
             result = await self._invoke(function, payload, request.header("x-amzn-trace-id"))
         except TimeoutError:
@@ -293,9 +329,7 @@ class Gateway:
         except MalformedResponse as error:
             logger.warning("malformed Lambda proxy response: %s", error)
             return message_response(502, "Internal server error", marker)
-        headers = CIMultiDict(reply.headers)
-        headers.extend(marker)
-        return web.Response(status=reply.status, body=reply.body, headers=headers)
+        return Response(reply.status, reply.body, wire_headers(reply.headers + marker))
 
     async def _invoke(self, function: str, payload: bytes, trace: str | None) -> InvocationResult:
         target = self._backend.resolve(function, None)
@@ -317,7 +351,7 @@ class Gateway:
         if not call.cancelled() and call.exception() is not None:
             logger.debug("invocation ended with %r", call.exception())
 
-    def _context(self, request: web.Request) -> ApiContext:
+    def _context(self, request: FullRequest) -> ApiContext:
         options = self._options
         return ApiContext(
             request_id=str(uuid.uuid4()),
@@ -325,37 +359,42 @@ class Gateway:
             api_id=self._api_id,
             account_id=options.account_id,
             stage=options.stage or DEFAULT_STAGE,
-            domain_name=request.host or f"{options.host}:{options.port}",
+            domain_name=request.headers.get("host") or f"{options.host}:{options.port}",
         )
 
     def _request_id_header(self, request_id: str) -> Headers:
         name = "x-amzn-RequestId" if self._options.event_format == "v1" else "Apigw-Requestid"
         return ((name, request_id),)
 
-    async def _http_request(self, request: web.Request, raw_path: str) -> HttpRequest:
-        source_ip = request.remote or "127.0.0.1"
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() != "x-forwarded-for"]
-        forwarded = ", ".join([*request.headers.getall("X-Forwarded-For", []), source_ip])
+    def _http_request(self, request: FullRequest, raw_path: str) -> HttpRequest:
+        source_ip = request.peer or "127.0.0.1"
+        headers = []
+        forwarded = []
+        for name, value in request.header_list:
+            if name.lower() == "x-forwarded-for":
+                forwarded.append(value)
+            else:
+                headers.append((name, value))
         headers += [
-            ("X-Forwarded-For", forwarded),
+            ("X-Forwarded-For", ", ".join([*forwarded, source_ip])),
             ("X-Forwarded-Port", str(self._options.port)),
-            ("X-Forwarded-Proto", request.scheme),
+            ("X-Forwarded-Proto", "http"),
         ]
-        if "X-Amzn-Trace-Id" not in request.headers:
+        if "x-amzn-trace-id" not in request.headers:
             headers.append(("X-Amzn-Trace-Id", new_trace_id().split(";")[0]))
         return HttpRequest(
             method=request.method,
             raw_path=raw_path,
-            raw_query=request.rel_url.raw_query_string,
+            raw_query=request.query,
             headers=tuple(headers),
-            body=await request.read(),
+            body=request.body,
             source_ip=source_ip,
             stage_prefix=self._router.stage_prefix,
-            protocol=f"HTTP/{request.version.major}.{request.version.minor}",
+            protocol=f"HTTP/{request.version}",
         )
 
 
-def _invoke_error_response(error: InvokeError, marker: Headers) -> web.Response:
+def _invoke_error_response(error: InvokeError, marker: Headers) -> Response:
     if error.status == 404:
         return message_response(404, "Not Found", marker)
     if error.status == 503:

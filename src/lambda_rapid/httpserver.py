@@ -9,6 +9,8 @@ order; keep-alive, ``Expect: 100-continue``, chunked request bodies and a body s
 (the handler sees ``body_too_large``) are handled here, and so are the limits that keep a
 hostile client from growing the daemon (``Limits``): request head size, time to send a
 request, idle time, open connections, pipelined requests and unread answers.
+``ProxyProtocol`` serves what a proxy passes on: every header as sent (``FullRequest``)
+and repeated answer headers (``HeaderList``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from http import HTTPStatus
-from typing import cast
+from typing import Any, cast
 
 import httptools
 
@@ -80,13 +82,44 @@ class Request:
         self.keep_alive = True
 
 
+class FullRequest(Request):
+    """A request as a proxy passes it on: every header in the client's spelling and
+    order, repeats kept; the HTTP version ("1.1"); the client's address."""
+
+    __slots__ = ("header_list", "version", "peer")
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: dict[str, str],
+        header_list: list[tuple[str, str]],
+        version: str,
+        peer: str,
+    ) -> None:
+        super().__init__(method, path, query, headers)
+        self.header_list = header_list
+        self.version = version
+        self.peer = peer
+
+
+class HeaderList(list[tuple[str, str]]):
+    """Answer headers that may repeat a name (Set-Cookie), written in this order."""
+
+    __slots__ = ()
+
+    def items(self) -> HeaderList:
+        return self
+
+
 class Response:
     """Status, body and extra headers (Content-Length is added when written)."""
 
     __slots__ = ("status", "body", "headers")
 
     def __init__(
-        self, status: int, body: bytes = b"", headers: dict[str, str] | None = None
+        self, status: int, body: bytes = b"", headers: dict[str, str] | HeaderList | None = None
     ) -> None:
         self.status = status
         self.body = body
@@ -108,7 +141,7 @@ class Response:
         return head_bytes.encode("latin-1") + self.body
 
 
-def safe_header_lines(headers: dict[str, str]) -> str:
+def safe_header_lines(headers: dict[str, str] | HeaderList) -> str:
     """Header lines with every CR and LF inside names and values replaced by a space."""
     table = {ord("\r"): " ", ord("\n"): " "}
     return "".join(
@@ -122,6 +155,16 @@ def safe_header_lines(headers: dict[str, str]) -> str:
 def plain_refusal(status: int) -> Response:
     """The server's own answer to a request it will not pass on (400, 408, 417, 431)."""
     return Response(status, HTTPStatus(status).phrase.encode(), {"Content-Type": "text/plain"})
+
+
+def split_target(url: bytes) -> tuple[bytes, bytes]:
+    """The path and query of a request target, still percent-encoded."""
+    if url.startswith(b"/"):  # origin form, as nearly every client sends
+        path, _, query = url.partition(b"?")
+        query, _, _ = query.partition(b"#")
+        return path, query
+    parsed = httptools.parse_url(url)
+    return parsed.path or b"/", parsed.query or b""
 
 
 Handler = Callable[[Request], "Response | Awaitable[Response]"]
@@ -372,12 +415,7 @@ class HttpProtocol(asyncio.Protocol):
             self._stop(self._refuse(431))
 
     def _new_request(self, url: bytes) -> Request:
-        if url.startswith(b"/"):  # origin form, as every client here sends
-            path, _, query = url.partition(b"?")
-            query, _, _ = query.partition(b"#")
-        else:
-            parsed = httptools.parse_url(url)
-            path, query = parsed.path or b"/", parsed.query or b""
+        path, query = split_target(url)
         method = self._parser.get_method().decode("latin-1")
         return Request(method, path.decode("latin-1"), query.decode("latin-1"), self._headers)
 
@@ -511,6 +549,51 @@ class HttpProtocol(asyncio.Protocol):
         self._close()
 
 
+class ProxyProtocol(HttpProtocol):
+    """A connection whose requests are ``FullRequest``s: what a proxy needs to pass a
+    request on whole. Text is decoded as UTF-8 (undecodable bytes kept as surrogate
+    escapes); the head size counts every header, repeats included."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_list: list[tuple[str, str]] = []
+        self._peer = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self._peer = str(peer[0])
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_list = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        text_name = name.decode("latin-1")  # a token: ASCII, or httptools refuses it
+        text = value.decode("utf-8", "surrogateescape")
+        self._headers[text_name.lower()] = text
+        self._header_list.append((text_name, text))
+
+    def _check_head_size(self, url: bytes) -> None:
+        size = len(url) + sum([len(name) + len(value) for name, value in self._header_list])
+        if size > self._limits.max_head:
+            self._stop(self._refuse(431))
+
+    def _new_request(self, url: bytes) -> Request:
+        path, query = split_target(url)
+        parser = self._parser
+        return FullRequest(
+            parser.get_method().decode("latin-1"),
+            path.decode("utf-8", "surrogateescape"),
+            query.decode("utf-8", "surrogateescape"),
+            self._headers,
+            self._header_list,
+            parser.get_http_version(),
+            self._peer,
+        )
+
+
 class HttpServer:
     """Listening sockets serving one handler; closing stops accepting.
 
@@ -518,7 +601,8 @@ class HttpServer:
     seconds are closed, and with `limits.request_timeout` set, a request still arriving
     after that many seconds is refused (408), so abandoned, half-sent or trickled
     requests cannot pile up. `refuse` renders the server's own refusals in the API's
-    style (default: a plain-text body).
+    style (default: a plain-text body). `protocol` is ``ProxyProtocol`` for a handler
+    that needs ``FullRequest``s.
     """
 
     def __init__(
@@ -530,11 +614,12 @@ class HttpServer:
         *,
         limits: Limits | None = None,
         refuse: Refusal = plain_refusal,
+        protocol: type[HttpProtocol] = HttpProtocol,
     ) -> None:
         self.limits = limits = limits or Limits(max_body, keep_alive=keep_alive)
         self._connections = Connections()
         self._factory = partial(
-            HttpProtocol,
+            protocol,
             handler,
             on_error,
             limits.max_body,

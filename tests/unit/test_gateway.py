@@ -1,8 +1,14 @@
-"""Gateway routing (route table, stage, function picking) and the GATEWAY_* settings."""
+"""Gateway routing (route table, stage, function picking), the GATEWAY_* settings, and the
+limits of the gateway's server."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import json
+import socket
 import sys
+from collections.abc import Awaitable
 
 import pytest
 
@@ -12,7 +18,9 @@ from lambda_rapid.config import (
     daemon_config,
     server_config,
 )
-from lambda_rapid.gateway import Router, RouteTable
+from lambda_rapid.gateway import GATEWAY_LIMITS, Gateway, GatewayOptions, Router, RouteTable
+from lambda_rapid.invocation import Invocation, InvocationResult
+from lambda_rapid.invoke_api import Target
 from lambda_rapid.routes import GatewayRoute
 
 COMMAND = [sys.executable, "-m", "awslambdaric", "web.handler"]
@@ -160,3 +168,58 @@ def test_invalid_gateway_settings(env: str, value: str) -> None:
         daemon_config(COMMAND, {env: value})
     with pytest.raises(ConfigError, match=env):
         server_config([], {env: value})
+
+
+# -- the server: the Invoke API's limits, API Gateway's words -------------------------------
+
+
+class Unreachable:
+    """The backend of requests that must be refused before they reach a function."""
+
+    def resolve(self, function_name: str, qualifier: str | None) -> Target:
+        raise AssertionError("a refused request reached the backend")
+
+    def invoke(self, target: Target, invocation: Invocation) -> Awaitable[InvocationResult]:
+        raise AssertionError("a refused request reached the backend")
+
+    def enqueue(self, target: Target, invocation: Invocation) -> Awaitable[None]:
+        raise AssertionError("a refused request reached the backend")
+
+    def dry_run(self, target: Target) -> Awaitable[None]:
+        raise AssertionError("a refused request reached the backend")
+
+
+def test_a_request_trickled_past_the_request_timeout_gets_408() -> None:
+    # The daemon's gateway allows GATEWAY_LIMITS.request_timeout (30 s); here 0.5 s.
+    assert GATEWAY_LIMITS.request_timeout == 30.0
+
+    async def main() -> bytes:
+        options = GatewayOptions("127.0.0.1", 0, "v2", None, None, 1.0, "123456789012")
+        limits = dataclasses.replace(GATEWAY_LIMITS, request_timeout=0.5)
+        gateway = Gateway(options, Unreachable(), "fn", 1.0, limits)
+        listening = socket.socket()
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        listening.setblocking(False)
+        await gateway.start(listening)
+        reader, writer = await asyncio.open_connection(*listening.getsockname())
+        writer.write(b"GET /items HTTP/1.1\r\nHost: x\r\n")
+
+        async def trickle() -> None:  # slowloris: always active, never done
+            while not writer.is_closing():
+                writer.write(b"X-Slow: 1\r\n")
+                await asyncio.sleep(0.05)
+
+        trickling = asyncio.create_task(trickle())
+        try:
+            return await asyncio.wait_for(reader.read(), 10)  # until the gateway closes
+        finally:
+            trickling.cancel()
+            writer.close()
+            await gateway.close()
+
+    answer = asyncio.run(main())
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert b"Content-Type: application/json\r\n" in head
+    assert json.loads(body) == {"message": "Request Timeout"}

@@ -11,7 +11,15 @@ from typing import Any
 
 import pytest
 
-from lambda_rapid.httpserver import HttpServer, Limits, Request, Response
+from lambda_rapid.httpserver import (
+    FullRequest,
+    HeaderList,
+    HttpServer,
+    Limits,
+    ProxyProtocol,
+    Request,
+    Response,
+)
 
 Handler = Callable[[Request], "Response | Awaitable[Response]"]
 
@@ -460,3 +468,74 @@ def test_header_values_never_carry_cr_or_lf_to_the_wire() -> None:
     assert not any(line.startswith(b"X-Forged") for line in lines)
     assert b"\n" not in head.replace(b"\r\n", b"")
     assert len(lines) == 4  # status, X-A, X-B, Content-Length
+
+
+# -- ProxyProtocol: what a proxy passes on (the gateway) ---------------------------------
+
+
+async def serve_proxy(handler: Handler, **limits: Any) -> tuple[HttpServer, int]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    sock.setblocking(False)
+    server = HttpServer(
+        handler,
+        error_response,
+        1024,
+        limits=Limits(**{"max_body": 1024, **limits}),
+        protocol=ProxyProtocol,
+    )
+    await server.serve_socket(sock)
+    return server, sock.getsockname()[1]
+
+
+def test_a_proxy_request_keeps_every_header_as_sent() -> None:
+    seen: list[FullRequest] = []
+
+    def handler(request: Request) -> Response:
+        assert isinstance(request, FullRequest)
+        seen.append(request)
+        return Response(200, b"ok")
+
+    async def main() -> None:
+        server, port = await serve_proxy(handler)
+        request = (
+            b"GET /a%20b?x=1&x=2 HTTP/1.0\r\nX-A: 1\r\nx-a: 2\r\n"
+            b"Cookie: a=1\r\nCookie: b=2\r\nX-Name: caf\xc3\xa9 \xff\r\n\r\n"
+        )
+        await exchange(port, request)
+        await close_all(server)
+
+    asyncio.run(main())
+    [request] = seen
+    assert (request.path, request.query) == ("/a%20b", "x=1&x=2")
+    assert request.header_list == [
+        ("X-A", "1"),
+        ("x-a", "2"),
+        ("Cookie", "a=1"),
+        ("Cookie", "b=2"),
+        ("X-Name", "café \udcff"),  # UTF-8 text; other bytes kept as surrogate escapes
+    ]
+    assert request.headers["x-a"] == "2"
+    assert (request.version, request.peer) == ("1.0", "127.0.0.1")
+
+
+def test_repeated_headers_count_toward_the_head_cap() -> None:
+    async def main() -> bytes:
+        server, port = await serve_proxy(ok, max_head=1000)
+        repeated = b"X-R: " + b"r" * 20 + b"\r\n"
+        request = b"GET / HTTP/1.1\r\n" + repeated * 100 + b"\r\n"
+        received, _ = await exchange(port, request)
+        await close_all(server)
+        return received
+
+    assert asyncio.run(main()).startswith(b"HTTP/1.1 431 ")
+
+
+def test_a_header_list_writes_repeated_names_in_order() -> None:
+    headers = HeaderList([("Set-Cookie", "a=1"), ("X-Other", "o"), ("Set-Cookie", "b=2\r\nX: y")])
+    wire = Response(200, b"hi", headers).encode(keep_alive=True)
+    assert wire == (
+        b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nX-Other: o\r\nSet-Cookie: b=2  X: y\r\n"
+        b"Content-Length: 2\r\n\r\nhi"
+    )
