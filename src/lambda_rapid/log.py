@@ -35,7 +35,6 @@ def setup_logging(level: str, structured: bool) -> None:
     root.setLevel(level)
     # Library chatter stays out of the function's log; the daemon reports what matters
     # (a lost broker connection, a give-up) in its own words.
-    logging.getLogger("aiohttp").setLevel(max(logging.WARNING, root.level))
     quiet = root.level if root.level <= logging.DEBUG else logging.CRITICAL
     for name in ("aiormq", "aio_pika"):
         logging.getLogger(name).setLevel(quiet)
