@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-import os
 import signal
 import socket
 import time
@@ -23,7 +23,7 @@ from lambda_rapid.dispatcher import Dispatcher
 from lambda_rapid.invoke_api import InvokeApi, LocalBackend, Watchdog
 from lambda_rapid.pool import Pool
 from lambda_rapid.reports import Reporter
-from lambda_rapid.runtime_api import RuntimeApi
+from lambda_rapid.runtime_api import RuntimeApi, bind_slots, slot_addresses
 
 if TYPE_CHECKING:
     from lambda_rapid.amqp import RpcConsumer
@@ -42,9 +42,13 @@ class Daemon:
         self.config = config
         self._stop = asyncio.Event()
         reporter = Reporter(config.print_reports, config.function_version, config.memory_size)
-        self.dispatcher = Dispatcher(config, reporter)
-        self.runtime_api = RuntimeApi(config, self.dispatcher)
-        self.pool = Pool(config, self.runtime_api.addresses, self.dispatcher.on_instance_exit)
+        slots = bind_slots(config)
+        # The dispatcher builds the pool, which reports exits to it: the one owner of the
+        # instance lifecycle. The Runtime API sees only what an instance may ask of it.
+        self.dispatcher = Dispatcher(
+            config, reporter, slot_addresses(slots), functools.partial(Pool, config)
+        )
+        self.runtime_api = RuntimeApi(config, slots, self.dispatcher)
         self.consumer = self._amqp_consumer()
         self.backend = LocalBackend(
             config, self.dispatcher, self.consumer.publish_event if self.consumer else None
@@ -64,7 +68,6 @@ class Daemon:
         )
         self.gateway = self._gateway()
         self._consuming: asyncio.Task[None] | None = None
-        self._reaper: asyncio.Task[None] | None = None
         self._announcing: asyncio.Task[None] | None = None
 
     def _amqp_consumer(self) -> RpcConsumer | None:
@@ -112,9 +115,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop)
-        self.dispatcher.attach(self.pool)
-        if os.getpid() == 1 or self.pool.subreaper:
-            self._reaper = loop.create_task(self.pool.reap_orphans_forever())
+        self.dispatcher.start()
         await self.runtime_api.start()
         await self.invoke_api.start()
         if self.gateway is not None:
@@ -157,8 +158,6 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._consuming
         await self.dispatcher.close(RUNTIME_STOP_GRACE)
-        if self._reaper is not None:
-            self._reaper.cancel()
         if self._announcing is not None:
             self._announcing.cancel()
         await self.invoke_api.close()

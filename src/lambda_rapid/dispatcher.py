@@ -1,9 +1,17 @@
-"""The dispatcher: the one place that pairs invocations with runtime instances.
+"""The dispatcher: the one owner of the instance lifecycle and of waiting work.
 
-It owns the FIFO of waiting invocations, the list of idle instances, the deadline timer
-of every invocation and the map of running ones. It decides when the pool spawns an
-instance (an invocation waits and no instance will soon be free), fails invocations whose
-deadline passes or whose instance dies, and reclaims instances idle for too long.
+It owns the slots and their instances (whose states it alone moves, through
+``Instance``'s transition table), the one FIFO of waiting invocations (RequestResponse
+and in-memory Events alike), the idle instances, the deadline timer of every invocation
+and the map of running ones. It decides when the process pool spawns an instance (work
+waits and no instance will soon be free), fails invocations whose deadline passes or
+whose instance dies, and reclaims instances idle for too long.
+
+Its collaborators are narrow: the pool (``Processes``) is built by the dispatcher from a
+factory and reports exits to it through the callback it was built with; callers get a
+future of their own for each invocation, which they may cancel (a queued invocation is
+then withdrawn); the Runtime API asks only what an instance may ask (next, answer,
+init error).
 """
 
 from __future__ import annotations
@@ -12,16 +20,37 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from lambda_rapid.config import DaemonConfig
 from lambda_rapid.errors import exit_error, function_error_body, timeout_error
-from lambda_rapid.instance import Instance, State
+from lambda_rapid.instance import COMING, ExitCallback, Instance, State, log_stream_name
 from lambda_rapid.invocation import Invocation, InvocationResult
-from lambda_rapid.output import log_tail
-from lambda_rapid.pool import Pool
 from lambda_rapid.reports import Reporter
 
 logger = logging.getLogger(__name__)
+
+# Events held in memory (without a broker) before further ones are refused.
+MAX_QUEUED_EVENTS = 1000
+MAX_QUEUED_EVENT_BYTES = 64 * 1024 * 1024
+
+class Processes(Protocol):
+    """What the dispatcher needs of the process pool."""
+
+    def start(self) -> None: ...
+
+    def spawn(self, instance: Instance) -> None: ...
+
+    def kill(self, instance: Instance) -> None: ...
+
+    async def stop(self, instance: Instance, grace: float) -> None: ...
+
+    async def stop_all(self, grace: float) -> None: ...
+
+
+# Builds the pool, given the callback through which it reports every exit.
+ProcessesFactory = Callable[[ExitCallback], Processes]
 
 
 def shutdown_result() -> InvocationResult:
@@ -33,29 +62,54 @@ class InstanceStopped(Exception):
     """Raised in a pending /next when its instance is being stopped."""
 
 
+class Job:
+    """One invocation in the dispatcher's hands: who waits for it, its timer, its instance."""
+
+    __slots__ = ("invocation", "future", "timer", "instance")
+
+    def __init__(
+        self, invocation: Invocation, future: asyncio.Future[InvocationResult] | None
+    ) -> None:
+        self.invocation = invocation
+        self.future = future  # None for an Event: nobody waits for its result
+        self.timer: asyncio.TimerHandle | None = None
+        self.instance: Instance | None = None
+
+    @property
+    def withdrawn(self) -> bool:
+        """Its caller stopped waiting (cancelled its future) before it started."""
+        return self.future is not None and self.future.done()
+
+
 class Dispatcher:
     """Schedules invocations onto instances, first in first out."""
 
-    def __init__(self, config: DaemonConfig, reporter: Reporter) -> None:
+    def __init__(
+        self,
+        config: DaemonConfig,
+        reporter: Reporter,
+        slot_addresses: Sequence[str],
+        processes: ProcessesFactory,
+    ) -> None:
         self._config = config
         self._reporter = reporter
-        self._queue: deque[Invocation] = deque()
+        self._addresses = list(slot_addresses)
+        self._slots: list[Instance | None] = [None] * len(self._addresses)
+        self._free_slots = list(reversed(range(len(self._addresses))))
+        self._processes = processes(self.on_instance_exit)
+        self._queue: deque[Job] = deque()
         self._idle: list[Instance] = []  # most recently idle last
-        self._running: dict[str, Instance] = {}
-        self._timers: dict[Invocation, asyncio.TimerHandle] = {}
-        self._pool: Pool | None = None
+        self._running: dict[Instance, Job] = {}
+        self._events = 0
+        self._event_bytes = 0
         self._reclaimer: asyncio.Task[None] | None = None
         self._stopping: set[asyncio.Task[None]] = set()
         self._closed = False
 
-    def attach(self, pool: Pool) -> None:
-        self._pool = pool
+    def start(self) -> None:
+        """Start the pool's and the dispatcher's own background work (idle reclaim)."""
+        self._processes.start()
         self._reclaimer = asyncio.get_running_loop().create_task(self._reclaim_idle())
-
-    @property
-    def pool(self) -> Pool:
-        assert self._pool is not None, "dispatcher used before attach()"
-        return self._pool
 
     def ready(self) -> bool:
         """Whether one more invocation could start now (OpenFaaS readiness)."""
@@ -65,57 +119,131 @@ class Dispatcher:
     def in_flight(self) -> int:
         return len(self._queue) + len(self._running)
 
+    # -- what the Runtime API may ask ---------------------------------------------------
+
+    def instance_at(self, slot: int) -> Instance | None:
+        """The instance using Runtime API slot `slot`, if any."""
+        return self._slots[slot] if 0 <= slot < len(self._slots) else None
+
+    def pids(self) -> frozenset[int]:
+        """The runtime process of every instance that has one."""
+        return frozenset(i.pid for i in self._slots if i is not None and i.pid is not None)
+
     # -- the caller's side ------------------------------------------------------------
 
     def submit(self, invocation: Invocation) -> asyncio.Future[InvocationResult]:
-        """Run an invocation; its future gets the result (never an exception)."""
-        if self._closed:
-            invocation.finish(shutdown_result())
-            return invocation.future
+        """Run an invocation; the returned future (the caller's) gets the result.
+
+        The future never gets an exception. Cancelling it withdraws the invocation if it
+        has not started; a started one runs to its end.
+        """
         loop = asyncio.get_running_loop()
+        future: asyncio.Future[InvocationResult] = loop.create_future()
+        if self._closed:
+            future.set_result(shutdown_result())
+            return future
+        job = Job(invocation, future)
         delay = invocation.deadline_epoch - time.time()
-        self._timers[invocation] = loop.call_later(max(delay, 0), self._on_deadline, invocation)
-        if self._idle:
-            self._start(self._idle.pop(), invocation)
-        else:
-            self._queue.append(invocation)
+        job.timer = loop.call_later(max(delay, 0), self._on_deadline, job)
+        self._enqueue(job)
+        return future
+
+    def submit_event(self, invocation: Invocation) -> bool:
+        """Queue an Event (nobody waits for it); False when too many are held already.
+
+        Its deadline starts when an instance takes it, not now.
+        """
+        size = len(invocation.payload)
+        if self._events >= MAX_QUEUED_EVENTS or self._event_bytes + size > MAX_QUEUED_EVENT_BYTES:
+            return False
+        if self._closed:
+            logger.warning("event invocation dropped at shutdown")
+            return True
+        self._events += 1
+        self._event_bytes += size
+        self._enqueue(Job(invocation, None))
+        return True
+
+    def _enqueue(self, job: Job) -> None:
+        instance = self._take_idle()
+        if instance is None:
+            self._queue.append(job)
             self._spawn_if_needed()
-        return invocation.future
+            return
+        self._start(instance, job)
+        waiter = instance.release_waiter()
+        assert waiter is not None
+        waiter.set_result(job.invocation)
+
+    def _take_idle(self) -> Instance | None:
+        """The most recently idle instance whose /next is still waiting."""
+        idle = self._idle
+        while idle:
+            instance = idle.pop()
+            waiter = instance.waiter
+            if waiter is not None and not waiter.done():
+                return instance
+            instance.waiter = None  # that /next was given up; the runtime will ask again
+        return None
+
+    def _take_queued(self) -> Job | None:
+        """The oldest waiting job whose caller still waits."""
+        queue = self._queue
+        while queue:
+            job = queue.popleft()
+            if not job.withdrawn:
+                return job
+            self._cancel_timer(job)
+        return None
 
     def _spawn_if_needed(self) -> None:
-        pool = self.pool
-        if pool.size >= self._config.max_concurrency:
+        if not self._free_slots or self._closed:
             return
-        coming = sum(1 for i in pool.instances if i.state in (State.STARTING, State.ANSWERED))
-        while len(self._queue) > coming and pool.size < self._config.max_concurrency:
-            pool.spawn()
+        coming = sum(1 for i in self._slots if i is not None and i.state in COMING)
+        while len(self._queue) > coming and self._free_slots:
+            self._spawn()
             coming += 1
 
-    def _start(self, instance: Instance, invocation: Invocation) -> None:
+    def _spawn(self) -> None:
+        slot = self._free_slots.pop()
+        log_stream = log_stream_name(self._config.function_version)
+        instance = Instance(slot, self._addresses[slot], log_stream)
+        self._slots[slot] = instance
+        self._processes.spawn(instance)
+
+    def _start(self, instance: Instance, job: Job) -> None:
+        invocation = job.invocation
         instance.assign(invocation)
-        self._running[invocation.request_id] = instance
-        self._reporter.start(invocation)
-        waiter = instance.release_waiter()
-        if waiter is not None and not waiter.done():
-            waiter.set_result(invocation)
+        job.instance = instance
+        self._running[instance] = job
+        if job.timer is None:  # an Event: its time starts now
+            invocation.started_at = time.time()
+            loop = asyncio.get_running_loop()
+            job.timer = loop.call_later(invocation.timeout, self._on_deadline, job)
+        self._reporter.start(invocation, instance.output)
 
     # -- the runtime's side -------------------------------------------------------------
 
     def next_invocation(self, instance: Instance) -> Invocation | asyncio.Future[Invocation]:
-        """The runtime's /next: the head of the queue, or a future for the next arrival."""
+        """The runtime's /next: the head of the queue, or a future for the next arrival.
+
+        The future is the caller's; cancelling it gives up that /next.
+        """
         if instance.state is State.IDLE:
             # A second /next (the runtime gave up on the first): it supersedes the first.
-            self._idle.remove(instance)
+            if instance in self._idle:
+                self._idle.remove(instance)
             self._release(instance)
         instance.ready()
-        while self._queue:
-            invocation = self._queue.popleft()
-            if not invocation.done:
-                self._start(instance, invocation)
-                return invocation
+        if instance.free:
+            job = self._take_queued()
+            if job is not None:
+                self._start(instance, job)
+                return job.invocation
         waiter: asyncio.Future[Invocation] = asyncio.get_running_loop().create_future()
         instance.waiter = waiter
-        self._idle.append(instance)
+        if instance.free:
+            self._idle.append(instance)
         return waiter
 
     def complete(
@@ -126,85 +254,95 @@ class Dispatcher:
         status: str | None = None,
     ) -> None:
         """The runtime answered (response or error) for `request_id`."""
-        invocation = instance.answer(request_id)
-        if self._reporter.wanted(invocation):
-            # What the runtime printed just before answering belongs before END.
-            self.pool.drain_output(instance)
-        self._finish(instance, invocation, result, status)
-
-    def _finish(
-        self,
-        instance: Instance,
-        invocation: Invocation,
-        result: InvocationResult,
-        status: str | None,
-    ) -> None:
-        self._running.pop(invocation.request_id, None)
-        timer = self._timers.pop(invocation, None)
-        if timer is not None:
-            timer.cancel()
-        self._reporter.end(invocation, status)
-        if instance.log is invocation.log:
-            instance.log = None
-        if invocation.log is not None:
-            result.log_tail = log_tail(invocation.log)
-        result.executed_version = self._config.function_version
-        invocation.finish(result)
+        instance.answer(request_id)
+        self._end(instance, self._running.pop(instance), result, status)
 
     def init_failed(self, instance: Instance, error_type: str, body: bytes) -> None:
         """The runtime posted init/error: the oldest waiting invocation gets that error."""
         instance.init_failed()
-        self._fail_waiting(InvocationResult(body, error_type))
+        job = self._take_queued()
+        if job is not None:
+            self._fail_queued(job, InvocationResult(body, error_type))
         self._stop_in_background(instance, grace=1.0)
 
-    def _fail_waiting(self, result: InvocationResult) -> None:
-        while self._queue:
-            invocation = self._queue.popleft()
-            if not invocation.done:
-                timer = self._timers.pop(invocation, None)
-                if timer is not None:
-                    timer.cancel()
-                invocation.finish(result)
-                return
+    # -- ending jobs --------------------------------------------------------------------
+
+    def _end(
+        self, instance: Instance, job: Job, result: InvocationResult, status: str | None
+    ) -> None:
+        """End a started job: timer, END/REPORT, log tail, result."""
+        self._cancel_timer(job)
+        invocation = job.invocation
+        output = instance.output
+        if self._reporter.wanted(invocation):
+            output.drain()  # what the runtime printed just before answering goes before END
+            self._reporter.end(invocation, output, status)
+        result.log_tail = output.stop()
+        result.executed_version = self._config.function_version
+        self._resolve(job, result)
+
+    def _fail_queued(self, job: Job, result: InvocationResult) -> None:
+        """End a job taken from the queue before it started."""
+        self._cancel_timer(job)
+        self._resolve(job, result)
+
+    def _resolve(self, job: Job, result: InvocationResult) -> None:
+        future = job.future
+        if future is None:
+            self._events -= 1
+            self._event_bytes -= len(job.invocation.payload)
+            if result.error_type is not None:
+                logger.warning("event %s failed: %s", job.invocation.request_id, result.error_type)
+        elif not future.done():
+            future.set_result(result)
+
+    @staticmethod
+    def _cancel_timer(job: Job) -> None:
+        if job.timer is not None:
+            job.timer.cancel()
+            job.timer = None
 
     # -- failures -----------------------------------------------------------------------
 
-    def _on_deadline(self, invocation: Invocation) -> None:
-        self._timers.pop(invocation, None)
+    def _on_deadline(self, job: Job) -> None:
+        job.timer = None
+        invocation = job.invocation
         result = InvocationResult(
             timeout_error(invocation.request_id, invocation.timeout), "Sandbox.Timedout"
         )
-        instance = self._running.get(invocation.request_id)
-        if instance is None:  # still waiting for an instance
-            self._queue.remove(invocation)
-            invocation.finish(result)
+        instance = job.instance
+        if instance is None:  # still waiting for an instance (an armed timer: queued)
+            self._queue.remove(job)
+            self._resolve(job, result)
             return
         logger.info("invocation %s timed out; stopping its instance", invocation.request_id)
-        instance.answer(invocation.request_id)
         instance.stopping()
-        if self._reporter.wanted(invocation):
-            self.pool.drain_output(instance)
-        self._finish(instance, invocation, result, "timeout")
-        self.pool.kill(instance)
+        del self._running[instance]
+        self._end(instance, job, result, "timeout")
+        self._processes.kill(instance)
 
     def on_instance_exit(self, instance: Instance, description: str | None) -> None:
-        """Called by the pool when a runtime process has exited."""
+        """Called by the pool when a runtime process has exited (or could not start)."""
         was = instance.state
         held = instance.died()
         self._release(instance)
         if instance in self._idle:
             self._idle.remove(instance)
+        self._free_slot(instance)
         if held is not None:
-            body = exit_error(held.request_id, description or "exit status 0")
-            if description is None:
-                reason = "Runtime exited without providing a reason"
-                body = function_error_body(
-                    "Runtime.ExitError", f"RequestId: {held.request_id} Error: {reason}"
-                )
-            self._finish(instance, held, InvocationResult(body, "Runtime.ExitError"), "error")
+            result = exit_result(held, description)
+            self._end(instance, self._running.pop(instance), result, "error")
         elif was is State.STARTING:
-            self._fail_head_on_init_exit(description)
+            job = self._take_queued()
+            if job is not None:
+                body = exit_error(job.invocation.request_id, description or "exit status 0")
+                self._fail_queued(job, InvocationResult(body, "Runtime.ExitError"))
         self._spawn_if_needed()
+
+    def _free_slot(self, instance: Instance) -> None:
+        if self._slots[instance.slot] is instance:
+            self._slots[instance.slot] = None
+            self._free_slots.append(instance.slot)
 
     @staticmethod
     def _release(instance: Instance) -> None:
@@ -213,13 +351,6 @@ class Dispatcher:
         if waiter is not None and not waiter.done():
             waiter.set_exception(InstanceStopped())
 
-    def _fail_head_on_init_exit(self, description: str | None) -> None:
-        head = next((i for i in self._queue if not i.done), None)
-        if head is None:
-            return
-        body = exit_error(head.request_id, description or "exit status 0")
-        self._fail_waiting(InvocationResult(body, "Runtime.ExitError"))
-
     # -- idle reclaim and shutdown ------------------------------------------------------
 
     async def _reclaim_idle(self) -> None:
@@ -227,16 +358,19 @@ class Dispatcher:
         interval = min(max(idle_timeout / 4, 0.05), 30.0)
         while True:
             await asyncio.sleep(interval)
-            cutoff = time.monotonic() - idle_timeout
-            for instance in [i for i in self._idle if i.idle_since <= cutoff]:
-                self._idle.remove(instance)
-                instance.stopping()
-                self._release(instance)
-                logger.debug("reclaiming idle instance %s", instance)
-                self._stop_in_background(instance, grace=2.0)
+            self.reclaim_idle(time.monotonic() - idle_timeout)
+
+    def reclaim_idle(self, cutoff: float) -> None:
+        """Stop the instances idle since before `cutoff` (a monotonic time)."""
+        for instance in [i for i in self._idle if i.idle_since <= cutoff]:
+            self._idle.remove(instance)
+            instance.stopping()
+            self._release(instance)
+            logger.debug("reclaiming idle instance %s", instance)
+            self._stop_in_background(instance, grace=2.0)
 
     def _stop_in_background(self, instance: Instance, grace: float) -> None:
-        task = asyncio.get_running_loop().create_task(self.pool.stop(instance, grace))
+        task = asyncio.get_running_loop().create_task(self._processes.stop(instance, grace))
         self._stopping.add(task)
         task.add_done_callback(self._stopping.discard)
 
@@ -247,15 +381,32 @@ class Dispatcher:
             await asyncio.sleep(0.05)
 
     async def close(self, grace: float) -> None:
-        """Stop reclaiming, fail whatever is left, and stop every instance."""
+        """Stop reclaiming, fail whatever waits, and stop every instance.
+
+        A running invocation is failed by its instance's exit.
+        """
         self._closed = True
         if self._reclaimer is not None:
             self._reclaimer.cancel()
-        for invocation in list(self._timers):
-            self._timers.pop(invocation).cancel()
-        for invocation in list(self._queue):
-            invocation.finish(shutdown_result())
-        self._queue.clear()
-        await self.pool.stop_all(grace)
+        for job in self._running.values():
+            self._cancel_timer(job)
+        while self._queue:
+            job = self._queue.popleft()
+            if job.future is None:
+                logger.warning("event invocation dropped at shutdown")
+            self._fail_queued(job, shutdown_result())
+        await self._processes.stop_all(grace)
         if self._stopping:
             await asyncio.gather(*self._stopping, return_exceptions=True)
+
+
+def exit_result(held: Invocation, description: str | None) -> InvocationResult:
+    """What an invocation gets when its runtime exits while holding it."""
+    if description is None:
+        reason = "Runtime exited without providing a reason"
+        body = function_error_body(
+            "Runtime.ExitError", f"RequestId: {held.request_id} Error: {reason}"
+        )
+    else:
+        body = exit_error(held.request_id, description)
+    return InvocationResult(body, "Runtime.ExitError")

@@ -1,19 +1,23 @@
-"""One runtime instance: its lifecycle state machine and the invocation it holds.
+"""One runtime instance: its lifecycle state machine, its invocation and its output.
 
-Every transition is a method that raises ``InvalidStateTransition`` (or
-``InvalidRequestId``) when the current state does not allow it; the Runtime API turns
-those into Lambda's error answers. The instance owns its current invocation and the
-future of its pending ``/next`` long-poll; the dispatcher drives the transitions.
+The states and the transitions between them are one table (``TRANSITIONS``): a
+transition the table does not allow raises ``InvalidStateTransition`` (or
+``InvalidRequestId``), which the Runtime API turns into Lambda's error answers. The
+instance owns its current invocation, the future of its pending ``/next`` long-poll and
+its output (``LogCapture``); the dispatcher is the only one that drives the transitions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import secrets
 import time
+from collections.abc import Callable
 
 from lambda_rapid.errors import InvalidRequestId, InvalidStateTransition
 from lambda_rapid.invocation import Invocation
+from lambda_rapid.output import LogCapture
 
 
 class State(enum.Enum):
@@ -21,8 +25,31 @@ class State(enum.Enum):
     IDLE = "Ready"  # waiting in /next
     BUSY = "Invoking"  # holds an invocation
     ANSWERED = "Answered"  # posted its answer, not yet back in /next
-    STOPPING = "Stopping"  # failed init or timed out; its process is being stopped
+    STOPPING = "Stopping"  # failed init, timed out or reclaimed; its process is being stopped
     DEAD = "Dead"
+
+
+S = State
+# Each transition, by the name Lambda's errors give it: the states it may start from and
+# the state it leads to. New phases (extensions' init, SHUTDOWN) are new rows and states.
+TRANSITIONS: dict[str, tuple[frozenset[State], State]] = {
+    "Ready": (frozenset({S.STARTING, S.IDLE, S.ANSWERED}), S.IDLE),
+    "Invoking": (frozenset({S.IDLE}), S.BUSY),
+    "InvocationResponse": (frozenset({S.BUSY}), S.ANSWERED),
+    "InitError": (frozenset({S.STARTING}), S.STOPPING),
+    "Stopping": (frozenset({S.STARTING, S.IDLE, S.BUSY, S.ANSWERED, S.STOPPING}), S.STOPPING),
+    "Dead": (frozenset(State), S.DEAD),
+}
+# An instance that is not in one of these states is on its way to a new invocation.
+COMING = frozenset({S.STARTING, S.ANSWERED})
+# How the process pool reports an instance's exit: the exit in words, None for status 0.
+ExitCallback = Callable[["Instance", str | None], None]
+
+
+def log_stream_name(version: str) -> str:
+    """A CloudWatch-style log stream name for a new instance."""
+    day = time.strftime("%Y/%m/%d", time.gmtime())
+    return f"{day}/[{version}]{secrets.token_hex(16)}"
 
 
 class Instance:
@@ -41,7 +68,7 @@ class Instance:
         "cold",
         "idle_since",
         "served",
-        "log",
+        "output",
     )
 
     def __init__(self, slot: int, runtime_api: str, log_stream: str) -> None:
@@ -57,62 +84,79 @@ class Instance:
         self.cold = True  # the next invocation is this instance's first
         self.idle_since = self.spawned_at
         self.served = 0
-        # Where the runtime's output is copied while an invocation wants its log tail.
-        self.log: bytearray | None = None
+        self.output = LogCapture()
 
     def __repr__(self) -> str:
         return f"<Instance slot={self.slot} pid={self.pid} {self.state.value}>"
 
-    def _refuse(self, transition: str) -> InvalidStateTransition:
-        return InvalidStateTransition(
-            f"State transition from {self.state.value} to {transition} failed for runtime. "
-            "Error: State transition is not allowed"
-        )
+    def _move(self, transition: str) -> None:
+        allowed, target = TRANSITIONS[transition]
+        if self.state not in allowed:
+            raise InvalidStateTransition(
+                f"State transition from {self.state.value} to {transition} failed for "
+                "runtime. Error: State transition is not allowed"
+            )
+        self.state = target
+
+    @property
+    def free(self) -> bool:
+        """Whether the instance may take an invocation now.
+
+        Today: its runtime waits in /next. Extensions will add "and each extension called
+        next", and a streamed response "and its stream has ended".
+        """
+        return self.state is State.IDLE
 
     def ready(self) -> None:
         """The runtime called /next."""
-        if self.state is State.STARTING:
-            self.init_duration_ms = (time.monotonic() - self.spawned_at) * 1000
-        elif self.state not in (State.ANSWERED, State.IDLE):
-            raise self._refuse("Ready")
-        self.state = State.IDLE
-        self.idle_since = time.monotonic()
+        was = self.state
+        self._move("Ready")
+        now = time.monotonic()
+        if was is State.STARTING:
+            self.init_duration_ms = (now - self.spawned_at) * 1000
+        self.idle_since = now
 
     def assign(self, invocation: Invocation) -> None:
         """Hand an invocation to this (idle) instance."""
-        if self.state is not State.IDLE:
-            raise self._refuse("Invoking")
-        self.state = State.BUSY
+        self._move("Invoking")
         self.current = invocation
-        self.log = invocation.log
         invocation.invoked_at = time.monotonic()
         invocation.pid = self.pid
         if self.cold:
             invocation.init_duration_ms = self.init_duration_ms
             self.cold = False
+        if invocation.want_log_tail:
+            self.output.start()
 
     def answer(self, request_id: str) -> Invocation:
         """The runtime posted a response or error for `request_id`."""
         current = self.current
         if self.state is State.BUSY and current is not None and current.request_id == request_id:
-            self.state = State.ANSWERED
+            self._move("InvocationResponse")
             self.current = None
             self.served += 1
             return current
         if self.served == 0 and self.state is not State.BUSY:
-            raise self._refuse("InvocationResponse")
+            self._move("InvocationResponse")  # raises: nothing was ever handed out
         raise InvalidRequestId("Invalid request ID")
 
     def init_failed(self) -> None:
         """The runtime posted init/error."""
-        if self.state is not State.STARTING:
-            raise self._refuse("InitError")
-        self.state = State.STOPPING
+        self._move("InitError")
 
-    def stopping(self) -> None:
-        """The daemon is stopping this instance; it takes no more work."""
-        if self.state is not State.DEAD:
-            self.state = State.STOPPING
+    def stopping(self) -> Invocation | None:
+        """The daemon is stopping this instance; it takes no more work.
+
+        Returns the invocation it was holding, which is now the caller's to end.
+        """
+        if self.state is State.DEAD:
+            return None
+        held = self.current if self.state is State.BUSY else None
+        self._move("Stopping")
+        if held is not None:
+            self.current = None
+            self.served += 1
+        return held
 
     def release_waiter(self) -> asyncio.Future[Invocation] | None:
         waiter, self.waiter = self.waiter, None
@@ -121,6 +165,6 @@ class Instance:
     def died(self) -> Invocation | None:
         """The process exited; returns the invocation it was holding, if any."""
         held = self.current if self.state is State.BUSY else None
-        self.state = State.DEAD
+        self._move("Dead")
         self.current = None
         return held

@@ -1,13 +1,12 @@
 """Interop types passed between the front doors (HTTP, AMQP) and the dispatcher.
 
-An ``Invocation`` is everything a runtime needs to run one event plus the future its
-caller awaits; an ``InvocationResult`` is what comes back. Neither knows about HTTP,
-AMQP or processes.
+An ``Invocation`` is everything a runtime needs to run one event (plain data: where its
+result goes is the dispatcher's business); an ``InvocationResult`` is what comes back.
+Neither knows about HTTP, AMQP or processes.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
@@ -56,18 +55,11 @@ class Invocation:
     content_type: str = "application/json"
     # Wall-clock start in seconds (set by the front door; AMQP may pass the message time).
     started_at: float = field(default_factory=time.time)
-    future: asyncio.Future[InvocationResult] = field(init=False)
-    log: bytearray | None = field(default=None, init=False)
     # Filled in by the dispatcher when an instance takes the invocation (for REPORT).
     invoked_at: float = field(default=0.0, init=False)
     init_duration_ms: float | None = field(default=None, init=False)
     pid: int | None = field(default=None, init=False)
     peak_memory_mb: int = field(default=0, init=False)
-
-    def __post_init__(self) -> None:
-        self.future = asyncio.get_running_loop().create_future()
-        if self.want_log_tail:
-            self.log = bytearray()
 
     @property
     def deadline_epoch(self) -> float:
@@ -76,17 +68,6 @@ class Invocation:
     @property
     def deadline_ms(self) -> str:
         return str(int(self.deadline_epoch * 1000))
-
-    def finish(self, result: InvocationResult) -> bool:
-        """Resolve the caller's future once; later outcomes are ignored."""
-        if self.future.done():
-            return False
-        self.future.set_result(result)
-        return True
-
-    @property
-    def done(self) -> bool:
-        return self.future.done()
 
 
 def reject_constant(name: str) -> None:

@@ -13,11 +13,9 @@ import asyncio
 import base64
 import logging
 import socket
-import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Protocol, TypeVar
 
 from lambda_rapid.config import DaemonConfig
@@ -39,6 +37,7 @@ from lambda_rapid.errors import (
     TooManyRequests,
     UnknownOperation,
 )
+from lambda_rapid.futures import chain
 from lambda_rapid.httpserver import HttpServer, Limits, Request, Response
 from lambda_rapid.invocation import (
     Invocation,
@@ -79,10 +78,6 @@ LIMITS = Limits(
     max_connections=1000,
     max_drain=2 * MAX_REQUEST_PAYLOAD,
 )
-# Events held in memory (without a broker) before further ones are throttled.
-MAX_QUEUED_EVENTS = 1000
-MAX_QUEUED_EVENT_BYTES = 64 * 1024 * 1024
-
 
 REFUSALS: dict[int, InvokeError] = {
     400: BadRequest("The request is not valid HTTP/1.1"),
@@ -193,8 +188,9 @@ EventSink = Callable[[Invocation], Awaitable[None]]
 class LocalBackend:
     """Runs invocations on this daemon's dispatcher.
 
-    Events wait in memory, or, with a broker, are handed to `durable_events`, which
-    persists them on the function's queue before the caller gets 202.
+    Events wait in the dispatcher's queue (which refuses them beyond a bound), or, with a
+    broker, are handed to `durable_events`, which persists them on the function's queue
+    before the caller gets 202.
     """
 
     def __init__(
@@ -203,55 +199,25 @@ class LocalBackend:
         self._resolver = FunctionResolver(config)
         self._durable_events = durable_events
         self._dispatcher = dispatcher
-        self._version = config.function_version
-        self._events: set[asyncio.Task[None]] = set()
-        self._event_bytes = 0
-        self._event_slots = asyncio.Semaphore(config.max_concurrency)
 
     def resolve(self, function_name: str, qualifier: str | None) -> Target:
         return self._resolver.resolve(function_name, qualifier)
 
     def invoke(self, target: Target, invocation: Invocation) -> Awaitable[InvocationResult]:
-        # The dispatcher's future itself: no task on the hot path.
+        # A future of the caller's own, chained by callback: no task on the hot path.
         return self._dispatcher.submit(invocation)
 
     async def enqueue(self, target: Target, invocation: Invocation) -> None:
         if self._durable_events is not None:
             await self._durable_events(invocation)
-            return
-        size = len(invocation.payload)
-        if (
-            len(self._events) >= MAX_QUEUED_EVENTS
-            or self._event_bytes + size > MAX_QUEUED_EVENT_BYTES
-        ):
+        elif not self._dispatcher.submit_event(invocation):
             raise TooManyRequests("Rate Exceeded.")
-        task = asyncio.get_running_loop().create_task(self._run_event(invocation))
-        self._events.add(task)
-        self._event_bytes += size
-        task.add_done_callback(partial(self._event_done, size))
-
-    def _event_done(self, size: int, task: asyncio.Task[None]) -> None:
-        self._events.discard(task)
-        self._event_bytes -= size
 
     async def dry_run(self, target: Target) -> None:
         return None
 
-    async def _run_event(self, invocation: Invocation) -> None:
-        # Events wait here, not in the dispatcher, so their deadline starts when they run.
-        async with self._event_slots:
-            invocation.started_at = time.time()
-            result = await self._dispatcher.submit(invocation)
-        if result.error_type is not None:
-            logger.warning("event %s failed: %s", invocation.request_id, result.error_type)
-
     async def close(self, grace: float) -> None:
-        """Give background events up to `grace` seconds, then drop the rest."""
-        if self._events:
-            await asyncio.wait(self._events, timeout=grace)
-        for task in list(self._events):
-            logger.warning("event invocation dropped at shutdown")
-            task.cancel()
+        """Nothing of its own: queued events are the dispatcher's, drained with the rest."""
 
 
 class InvokeApi:
@@ -392,25 +358,14 @@ def then(awaitable: Awaitable[T], render: Callable[[T], Response]) -> asyncio.Fu
 
     A future (the dispatcher's) is chained by callback; anything else runs as a task.
     """
-    source = asyncio.ensure_future(awaitable)
-    answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+    return chain(asyncio.ensure_future(awaitable), render, render_invoke_error)
 
-    def on_done(done: asyncio.Future[T]) -> None:
-        if answer.done():
-            return
-        if done.cancelled():
-            answer.cancel()
-            return
-        error = done.exception()
-        if isinstance(error, InvokeError):
-            answer.set_result(render_error(error))
-        elif error is not None:
-            answer.set_exception(error)
-        else:
-            answer.set_result(render(done.result()))
 
-    source.add_done_callback(on_done)
-    return answer
+def render_invoke_error(error: BaseException) -> Response:
+    """An InvokeError's answer; any other exception is re-raised."""
+    if isinstance(error, InvokeError):
+        return render_error(error)
+    raise error
 
 
 def accepted(status: int, request_id: str) -> Response:

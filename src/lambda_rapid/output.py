@@ -4,9 +4,10 @@ The daemon owns both pipes of every runtime (``OutputPipe``).
 
 Each pipe keeps its unfinished last line until the newline arrives, so lines from
 different instances never interleave mid-line; a line longer than 256 KB is cut into
-256 KB lines, as Lambda does, so what is kept per pipe is bounded. While an invocation
-asked for its log tail (`X-Amz-Log-Type: Tail`), the lines are also appended to that
-invocation's log, of which only the end is kept.
+256 KB lines, as Lambda does, so what is kept per pipe is bounded. Each instance's
+``LogCapture`` owns both its pipes and the log of its current invocation: while that
+invocation asked for its log tail (`X-Amz-Log-Type: Tail`), the lines (and the
+platform's START/END/REPORT) are also kept there, of which only the end is kept.
 
 Nothing here blocks the event loop on the daemon's own stdout/stderr: ``WRITER`` writes
 small pieces at once when there is room, hands the rest to a thread, and drops (and
@@ -184,6 +185,46 @@ def append_log(log: bytearray, data: bytes) -> None:
         del log[:-LOG_TAIL_BYTES]
 
 
+class LogCapture:
+    """One instance's output: its two pipes, and the log of the invocation it runs.
+
+    Capturing starts when an invocation that wants its log tail is assigned and stops
+    when it ends; in between, whatever the runtime prints (and the platform lines) is
+    kept, bounded.
+    """
+
+    __slots__ = ("_log", "_pipes")
+
+    def __init__(self) -> None:
+        self._log: bytearray | None = None
+        self._pipes: tuple[OutputPipe, ...] = ()
+
+    @property
+    def active(self) -> bool:
+        return self._log is not None
+
+    def attach(self, *pipes: OutputPipe) -> None:
+        """The pipes the runtime writes to (set once its process is being started)."""
+        self._pipes = pipes
+
+    def start(self) -> None:
+        self._log = bytearray()
+
+    def add(self, data: bytes) -> None:
+        if self._log is not None and data:
+            append_log(self._log, data)
+
+    def drain(self) -> None:
+        """Take in what the runtime has written so far: it belongs before END."""
+        for pipe in self._pipes:
+            pipe.drain()
+
+    def stop(self) -> bytes | None:
+        """Stop capturing; the tail of what was captured (None if nothing was)."""
+        log, self._log = self._log, None
+        return None if log is None else log_tail(log)
+
+
 def pipe_bytes(fd: int) -> int:
     """Bytes waiting in a pipe."""
     try:
@@ -200,20 +241,20 @@ class OutputPipe(asyncio.Protocol):
     already in the pipe, and reports and log tails must include it.
     """
 
-    def __init__(self, fd: int, destination: int, log_of: Callable[[], bytearray | None]) -> None:
+    def __init__(self, fd: int, destination: int, capture: LogCapture) -> None:
         self.fd = fd
         self._lines = LineBuffer(destination, WRITER.write)
-        self._log_of = log_of
+        self._capture = capture
         self.closed = asyncio.get_running_loop().create_future()
 
     def data_received(self, data: bytes) -> None:
-        self._capture(self._lines.feed(data))
+        self._capture.add(self._lines.feed(data))
 
     def eof_received(self) -> bool:
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._capture(self._lines.flush())
+        self._capture.add(self._lines.flush())
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -229,17 +270,10 @@ class OutputPipe(asyncio.Protocol):
         except OSError:
             pass
 
-    def _capture(self, lines: bytes) -> None:
-        log = self._log_of()
-        if lines and log is not None:
-            append_log(log, lines)
 
-
-async def open_output_pipe(
-    destination: int, log_of: Callable[[], bytearray | None]
-) -> tuple[OutputPipe, int]:
-    """A pipe whose read end feeds `destination`; returns it and the write end's fd."""
+async def open_output_pipe(destination: int, capture: LogCapture) -> tuple[OutputPipe, int]:
+    """A pipe whose read end feeds `destination` and `capture`; it and the write end's fd."""
     read_fd, write_fd = os.pipe()
-    pipe = OutputPipe(read_fd, destination, log_of)
+    pipe = OutputPipe(read_fd, destination, capture)
     await asyncio.get_running_loop().connect_read_pipe(lambda: pipe, os.fdopen(read_fd, "rb", 0))
     return pipe, write_fd

@@ -1,9 +1,10 @@
 """The process pool: spawning, reaping and killing runtime processes.
 
-Each instance runs in its own session (so its own process group) and gets its own
-Runtime API address (a slot), which is how the daemon knows which instance is calling.
-The pool is the only caller of ``os.killpg``. It tells its owner about every exit
-through the ``on_exit`` callback, with the exit described in words.
+Each instance runs in its own session (so its own process group) with the Runtime API
+address of its slot (the dispatcher owns the slots), which is how the daemon knows which
+instance is calling. The pool owns processes only, and is the only caller of
+``os.killpg``. It tells its owner about every exit through the ``on_exit`` callback it
+was built with, with the exit described in words.
 
 Nothing a runtime starts outlives it: the daemon is a child subreaper, so orphans are
 re-parented to it (and reaped by it) even when it is not PID 1; an instance that stops
@@ -21,23 +22,18 @@ import ctypes.util
 import functools
 import logging
 import os
-import secrets
 import signal
 import subprocess
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import cast
 
 from lambda_rapid.config import DaemonConfig, instance_environ
 from lambda_rapid.credentials import hand_over, switch_user
-from lambda_rapid.instance import Instance, State
-from lambda_rapid.output import STDERR, STDOUT, OutputPipe, open_output_pipe
+from lambda_rapid.instance import ExitCallback, Instance
+from lambda_rapid.output import STDERR, STDOUT, open_output_pipe
 from lambda_rapid.peers import MAX_PROCESSES, children_of, session_of
 
 logger = logging.getLogger(__name__)
-
-ExitCallback = Callable[[Instance, str | None], None]
-
 
 def describe_exit(returncode: int) -> str | None:
     """Lambda's wording for an exit: "exit status 1", "signal: killed"; None for 0."""
@@ -110,16 +106,14 @@ def kill_all(pids: Iterable[int]) -> None:
 
 
 class InstanceProcess(asyncio.SubprocessProtocol):
-    """Receives one runtime process's exit; its output comes through its OutputPipes."""
+    """Receives one runtime process's exit; its output comes through its instance's pipes."""
 
     def __init__(
         self,
         instance: Instance,
-        pipes: tuple[OutputPipe, OutputPipe],
         on_exit: Callable[[InstanceProcess], None],
     ) -> None:
         self.instance = instance
-        self.pipes = pipes
         self.on_exit = on_exit
         self.transport: asyncio.SubprocessTransport | None = None
         self.exited = asyncio.get_running_loop().create_future()
@@ -130,74 +124,52 @@ class InstanceProcess(asyncio.SubprocessProtocol):
         # Known before the runtime can connect: the Runtime API's peer check needs it.
         self.instance.pid = self.transport.get_pid()
 
-    def drain_output(self) -> None:
-        for pipe in self.pipes:
-            pipe.drain()
-
     def process_exited(self) -> None:
         assert self.transport is not None
-        self.drain_output()
+        self.instance.output.drain()
         if not self.exited.done():
             self.exited.set_result(self.transport.get_returncode())
         self.on_exit(self)
 
 
 class Pool:
-    """Owns runtime processes and the slots (Runtime API addresses) they use."""
+    """Owns runtime processes: starting, signalling, reaping them and their orphans."""
 
-    def __init__(
-        self, config: DaemonConfig, slot_addresses: Sequence[str], on_exit: ExitCallback
-    ) -> None:
+    def __init__(self, config: DaemonConfig, on_exit: ExitCallback) -> None:
         self._config = config
-        self._free_slots = list(reversed(range(len(slot_addresses))))
-        self._addresses = slot_addresses
         self._on_exit = on_exit
         self._processes: dict[Instance, InstanceProcess] = {}
-        self._by_slot: dict[int, Instance] = {}
         self._starting: set[asyncio.Task[None]] = set()
+        self._launching: set[Instance] = set()
+        self._doomed: set[Instance] = set()  # stopped while being started
         self._me = os.getpid()
         self.subreaper = become_subreaper()
+        self._reaper: asyncio.Task[None] | None = None
         # Processes seen in an instance's tree, so that they can be found once orphaned.
         self._members: dict[int, Instance] = {}
 
-    @property
-    def size(self) -> int:
-        return len(self._by_slot)
+    def start(self) -> None:
+        """Reap orphans in the background when they come to the daemon."""
+        if os.getpid() == 1 or self.subreaper:
+            self._reaper = asyncio.get_running_loop().create_task(self.reap_orphans_forever())
 
-    @property
-    def instances(self) -> list[Instance]:
-        return list(self._by_slot.values())
-
-    def instance_at(self, slot: int) -> Instance | None:
-        return self._by_slot.get(slot)
-
-    def spawn(self) -> Instance:
-        """Start a new instance in a free slot; the process starts in the background."""
-        slot = self._free_slots.pop()
-        instance = Instance(slot, self._addresses[slot], self._log_stream_name())
-        self._by_slot[slot] = instance
+    def spawn(self, instance: Instance) -> None:
+        """Start the instance's runtime process in the background."""
         task = asyncio.get_running_loop().create_task(self._start(instance))
         self._starting.add(task)
+        self._launching.add(instance)
         task.add_done_callback(self._starting.discard)
-        return instance
-
-    def _log_stream_name(self) -> str:
-        day = time.strftime("%Y/%m/%d", time.gmtime())
-        return f"{day}/[{self._config.function_version}]{secrets.token_hex(16)}"
 
     async def _start(self, instance: Instance) -> None:
         env = instance_environ(self._config, instance.runtime_api, instance.log_stream)
         loop = asyncio.get_running_loop()
-
-        def log_of() -> bytearray | None:
-            return instance.log
-
-        stdout, stdout_fd = await open_output_pipe(STDOUT, log_of)
-        stderr, stderr_fd = await open_output_pipe(STDERR, log_of)
+        stdout, stdout_fd = await open_output_pipe(STDOUT, instance.output)
+        stderr, stderr_fd = await open_output_pipe(STDERR, instance.output)
+        instance.output.attach(stdout, stderr)
         hand_over(self._config.runtime_user, stdout_fd, stderr_fd)
         try:
             _, protocol = await loop.subprocess_exec(
-                lambda: InstanceProcess(instance, (stdout, stderr), self._process_exited),
+                lambda: InstanceProcess(instance, self._process_exited),
                 *self._config.command,
                 stdin=subprocess.DEVNULL,
                 stdout=stdout_fd,
@@ -210,7 +182,8 @@ class Pool:
             )
         except OSError as exc:
             logger.error("cannot start runtime %s: %s", self._config.command[0], exc)
-            self._forget(instance)
+            self._launching.discard(instance)
+            self._doomed.discard(instance)
             self._on_exit(instance, f"{exc.strerror or exc}")
             return
         finally:
@@ -220,7 +193,9 @@ class Pool:
         assert protocol.transport is not None
         instance.pid = protocol.transport.get_pid()
         self._processes[instance] = protocol
-        if instance.state is State.DEAD:  # stopped while starting
+        self._launching.discard(instance)
+        if instance in self._doomed:  # stopped while starting
+            self._doomed.discard(instance)
             self.kill(instance)
         logger.debug("started instance %s", instance)
 
@@ -229,7 +204,7 @@ class Pool:
         returncode = process.transport.get_returncode() if process.transport else None
         if process.transport is not None:
             process.transport.close()
-        self._forget(instance)
+        self._processes.pop(instance, None)
         # Whatever the runtime started must not outlive it, in its session or not.
         self._signal_group(instance, signal.SIGKILL)
         kill_all(self._leftovers_of(instance))
@@ -269,23 +244,11 @@ class Pool:
             del self._members[pid]
         return leftovers
 
-    def _forget(self, instance: Instance) -> None:
-        self._processes.pop(instance, None)
-        if self._by_slot.get(instance.slot) is instance:
-            del self._by_slot[instance.slot]
-            self._free_slots.append(instance.slot)
-
     def _signal_group(self, instance: Instance, signum: signal.Signals) -> None:
         if instance.pid is None:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):  # already gone
             os.killpg(instance.pid, signum)
-
-    def drain_output(self, instance: Instance) -> None:
-        """Take in the output an instance has written so far (before its END line)."""
-        process = self._processes.get(instance)
-        if process is not None:
-            process.drain_output()
 
     def kill(self, instance: Instance) -> None:
         """SIGKILL the instance's processes at once (timeouts, failed inits)."""
@@ -303,6 +266,8 @@ class Pool:
         """SIGTERM its processes, wait up to `grace` seconds, then SIGKILL them."""
         process = self._processes.get(instance)
         if process is None:
+            if instance in self._launching:
+                self._doomed.add(instance)  # killed as soon as its process exists
             return
         self._signal(instance, signal.SIGTERM)
         try:
@@ -313,6 +278,8 @@ class Pool:
 
     async def stop_all(self, grace: float) -> None:
         """Stop every instance (shutdown), including any still being started."""
+        if self._reaper is not None:
+            self._reaper.cancel()
         if self._starting:
             await asyncio.gather(*self._starting, return_exceptions=True)
         await asyncio.gather(*(self.stop(i, grace) for i in list(self._processes)))

@@ -1,7 +1,7 @@
 """Platform log lines: START, END and REPORT for each invocation.
 
-They are printed on stdout when PRINT_REPORTS is on and added to the invocation's log
-when the caller asked for its tail. Max Memory Used is the real peak resident set
+They are printed on stdout when PRINT_REPORTS is on and added to the instance's
+``LogCapture`` when the caller asked for its log tail. Max Memory Used is the real peak resident set
 (VmHWM) of the runtime process and the processes it started, not a constant.
 """
 
@@ -11,7 +11,7 @@ import math
 import time
 
 from lambda_rapid.invocation import Invocation
-from lambda_rapid.output import STDOUT, WRITER, append_log
+from lambda_rapid.output import STDOUT, WRITER, LogCapture
 
 MAX_PROCESSES = 64  # enough for any runtime's own tree; bounds the cost of a report
 
@@ -64,16 +64,16 @@ class Reporter:
         self.memory_size = memory_size
 
     def wanted(self, invocation: Invocation) -> bool:
-        return self.enabled or invocation.log is not None
+        return self.enabled or invocation.want_log_tail
 
-    def start(self, invocation: Invocation) -> None:
+    def start(self, invocation: Invocation, capture: LogCapture) -> None:
         if self.wanted(invocation):
             # Read now too: a process that crashes can no longer be measured at the end.
             invocation.peak_memory_mb = peak_memory_mb(invocation.pid)
             line = f"START RequestId: {invocation.request_id} Version: {self.version}\n"
-            self._emit(invocation, line.encode())
+            self._emit(capture, line.encode())
 
-    def end(self, invocation: Invocation, status: str | None = None) -> None:
+    def end(self, invocation: Invocation, capture: LogCapture, status: str | None = None) -> None:
         """END and REPORT; `status` is e.g. "timeout" or "error" for failed invocations."""
         if not self.wanted(invocation):
             return
@@ -94,10 +94,9 @@ class Reporter:
         if status is not None:
             fields.append(f"Status: {status}")
         text = f"END RequestId: {invocation.request_id}\n" + "\t".join(fields) + "\t\n"
-        self._emit(invocation, text.encode())
+        self._emit(capture, text.encode())
 
-    def _emit(self, invocation: Invocation, line: bytes) -> None:
+    def _emit(self, capture: LogCapture, line: bytes) -> None:
         if self.enabled:
             WRITER.write(STDOUT, line)
-        if invocation.log is not None:
-            append_log(invocation.log, line)
+        capture.add(line)

@@ -5,6 +5,7 @@ instance that sent it. Each connection is checked once, before its first request
 served: only the processes of the slot's instance may use it (``peers``); anyone else
 gets 403 and nothing else. Handlers are one per route; every misuse is answered with
 Lambda's status code and ``{"errorMessage", "errorType"}`` body, rendered in one place.
+What the handlers may ask of the daemon's core is the narrow ``RuntimeCore``.
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from functools import partial
-from typing import cast
+from typing import Protocol, cast
 
 from lambda_rapid.config import DaemonConfig
-from lambda_rapid.dispatcher import Dispatcher
 from lambda_rapid.errors import (
     MAX_RESPONSE_PAYLOAD,
     PayloadTooLarge,
@@ -25,6 +25,7 @@ from lambda_rapid.errors import (
     error_member,
     response_too_large_error,
 )
+from lambda_rapid.futures import chain
 from lambda_rapid.httpserver import HttpServer, Request, Response
 from lambda_rapid.instance import Instance
 from lambda_rapid.invocation import Invocation, InvocationResult
@@ -67,13 +68,55 @@ def accepted() -> Response:
     return Response(202, b'{"status":"OK"}', JSON)
 
 
+class RuntimeCore(Protocol):
+    """What the Runtime API may ask of the core: which instance a slot holds (and which
+    processes are runtimes), and what an instance may do (next, answer, init error)."""
+
+    def instance_at(self, slot: int) -> Instance | None: ...
+
+    def pids(self) -> frozenset[int]: ...
+
+    def next_invocation(self, instance: Instance) -> Invocation | asyncio.Future[Invocation]: ...
+
+    def complete(
+        self,
+        instance: Instance,
+        request_id: str,
+        result: InvocationResult,
+        status: str | None = None,
+    ) -> None: ...
+
+    def init_failed(self, instance: Instance, error_type: str, body: bytes) -> None: ...
+
+
+def bind_slots(config: DaemonConfig) -> list[socket.socket]:
+    """One listening socket per slot (MAX_CONCURRENCY of them)."""
+    sockets = []
+    for slot in range(config.max_concurrency):
+        # The first slot is where Lambda's runtimes look (9001); the others take free ports.
+        port = config.runtime_api_port if slot == 0 else 0
+        address = "RUNTIME_API_HOST:RUNTIME_API_PORT"
+        sockets.append(listen_socket(config.runtime_api_host, port, address))
+    return sockets
+
+
+def slot_addresses(sockets: Sequence[socket.socket]) -> list[str]:
+    """`host:port` of each slot, as runtimes receive it in AWS_LAMBDA_RUNTIME_API."""
+    result = []
+    for sock in sockets:
+        host, port = sock.getsockname()[:2]
+        result.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    return result
+
+
 class RuntimeApi:
     """Runtime API listeners (one per slot) and their route handlers."""
 
-    def __init__(self, config: DaemonConfig, dispatcher: Dispatcher) -> None:
-        self._config = config
-        self._dispatcher = dispatcher
-        self._sockets = [self._bind(slot) for slot in range(config.max_concurrency)]
+    def __init__(
+        self, config: DaemonConfig, sockets: Sequence[socket.socket], core: RuntimeCore
+    ) -> None:
+        self._core = core
+        self._sockets = sockets
         self._servers: list[asyncio.Server] = []
         self._peers = self._peer_check(config.runtime_api_peer_check)
 
@@ -90,22 +133,6 @@ class RuntimeApi:
             return None
         return PeerCheck()
 
-    def _bind(self, slot: int) -> socket.socket:
-        # The first slot is where Lambda's runtimes look (9001); the others take free ports.
-        port = self._config.runtime_api_port if slot == 0 else 0
-        return listen_socket(
-            self._config.runtime_api_host, port, "RUNTIME_API_HOST:RUNTIME_API_PORT"
-        )
-
-    @property
-    def addresses(self) -> list[str]:
-        """`host:port` of each slot, as runtimes receive it in AWS_LAMBDA_RUNTIME_API."""
-        result = []
-        for sock in self._sockets:
-            host, port = sock.getsockname()[:2]
-            result.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-        return result
-
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         for slot, sock in enumerate(self._sockets):
@@ -121,26 +148,25 @@ class RuntimeApi:
 
     def owner(self, slot: int, transport: asyncio.BaseTransport) -> Instance | None:
         """The slot's instance if the client of `transport` may use it, else None."""
-        instance = self._dispatcher.pool.instance_at(slot)
+        instance = self._core.instance_at(slot)
         if self._peers is None:
             return instance
         if instance is None or instance.pid is None:
             return None  # its runtime does not exist yet: nobody can be it
         client = transport.get_extra_info("peername")
         server = transport.get_extra_info("sockname")
-        pool = self._dispatcher.pool
-        roots = frozenset(i.pid for i in pool.instances if i.pid is not None)
+        roots = self._core.pids()
         if client and server and self._peers.belongs(client, server, instance.pid, roots):
             return instance
         logger.warning("refused a Runtime API client that is not the runtime's: %s", client)
         return None
 
     def instance_at(self, slot: int) -> Instance | None:
-        return self._dispatcher.pool.instance_at(slot)
+        return self._core.instance_at(slot)
 
     def handle(self, slot: int, request: Request) -> Response | Awaitable[Response]:
         """Route one request from the instance in `slot`."""
-        instance = self._dispatcher.pool.instance_at(slot)
+        instance = self._core.instance_at(slot)
         if instance is None:
             return render_error(RuntimeApiError("No runtime instance is using this address"))
         path = request.path
@@ -163,33 +189,20 @@ class RuntimeApi:
         return NOT_FOUND()
 
     def next(self, instance: Instance) -> Response | Awaitable[Response]:
-        invocation = self._dispatcher.next_invocation(instance)
+        invocation = self._core.next_invocation(instance)
         if isinstance(invocation, Invocation):
             return next_response(invocation)
-        answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-
-        def on_assigned(done: asyncio.Future[Invocation]) -> None:
-            if answer.done():
-                return
-            if done.cancelled() or done.exception() is not None:
-                answer.set_result(
-                    render_error(RuntimeApiError("The runtime instance is being stopped"))
-                )
-            else:
-                answer.set_result(next_response(done.result()))
-
-        invocation.add_done_callback(on_assigned)
-        return answer
+        return chain(invocation, next_response, stopped)
 
     def response(self, request: Request, instance: Instance, request_id: str) -> Response:
         if request.body_too_large:
             return self._too_large(instance, request_id, request.body_size)
-        self._dispatcher.complete(instance, request_id, InvocationResult(request.body))
+        self._core.complete(instance, request_id, InvocationResult(request.body))
         return accepted()
 
     def _too_large(self, instance: Instance, request_id: str, size: int) -> Response:
         result = InvocationResult(response_too_large_error(size), "Function.ResponseSizeTooLarge")
-        self._dispatcher.complete(instance, request_id, result, "error")
+        self._core.complete(instance, request_id, result, "error")
         return render_error(
             PayloadTooLarge(
                 f"Exceeded maximum allowed payload size ({MAX_RESPONSE_PAYLOAD} bytes)."
@@ -199,14 +212,14 @@ class RuntimeApi:
     def error(self, request: Request, instance: Instance, request_id: str) -> Response:
         body = request.body
         error_type = request.headers.get(ERROR_TYPE_HEADER) or error_type_of(body)
-        self._dispatcher.complete(instance, request_id, InvocationResult(body, error_type), "error")
+        self._core.complete(instance, request_id, InvocationResult(body, error_type), "error")
         return accepted()
 
     def init_error(self, request: Request, instance: Instance) -> Response:
         body = request.body
         error_type = request.headers.get(ERROR_TYPE_HEADER) or error_type_of(body)
         logger.warning("runtime init failed: %s", error_type)
-        self._dispatcher.init_failed(instance, error_type, body)
+        self._core.init_failed(instance, error_type, body)
         return accepted()
 
 
@@ -295,6 +308,11 @@ class Guard(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self._inner is not None:
             self._inner.resume_writing()
+
+
+def stopped(error: BaseException) -> Response:
+    """A pending /next whose instance is being stopped."""
+    return render_error(RuntimeApiError("The runtime instance is being stopped"))
 
 
 def internal_error(error: Exception) -> Response:

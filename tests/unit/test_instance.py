@@ -74,7 +74,7 @@ async def test_full_cycle() -> None:
     instance.assign(first)
     assert instance.state is State.BUSY
     assert instance.current is first
-    assert instance.log is first.log
+    assert instance.output.active  # the caller wants its log tail
     assert first.pid == 4242
     assert first.invoked_at > 0
     assert first.init_duration_ms == instance.init_duration_ms
@@ -87,8 +87,10 @@ async def test_full_cycle() -> None:
 
     instance.ready()
     assert instance.state is State.IDLE
+    instance.output.stop()
     second = invocation("req-2")
     instance.assign(second)
+    assert not instance.output.active
     assert second.init_duration_ms is None  # only the cold invocation reports init
     assert instance.answer("req-2") is second
     assert instance.served == 2

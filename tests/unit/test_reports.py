@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
 import re
@@ -13,6 +12,7 @@ import time
 import pytest
 
 from lambda_rapid.invocation import Invocation
+from lambda_rapid.output import LogCapture
 from lambda_rapid.reports import Reporter, peak_memory_mb
 
 REPORT = re.compile(
@@ -27,20 +27,25 @@ REPORT = re.compile(
 
 
 def make_invocation(request_id: str = "req-1", *, tail: bool = True) -> Invocation:
-    async def build() -> Invocation:
-        return Invocation(
-            request_id=request_id,
-            payload=b"{}",
-            timeout=3.0,
-            invoked_arn="arn:aws:lambda:us-east-1:123456789012:function:fn",
-            want_log_tail=tail,
-        )
+    return Invocation(
+        request_id=request_id,
+        payload=b"{}",
+        timeout=3.0,
+        invoked_arn="arn:aws:lambda:us-east-1:123456789012:function:fn",
+        want_log_tail=tail,
+    )
 
-    return asyncio.run(build())
+
+def capture_for(invocation: Invocation) -> LogCapture:
+    """The instance's capture, started as the dispatcher starts it for this invocation."""
+    capture = LogCapture()
+    if invocation.want_log_tail:
+        capture.start()
+    return capture
 
 
 def report_lines(log: bytes | bytearray) -> tuple[str, str, re.Match[str]]:
-    text = bytes(log).decode()
+    text = log.decode()
     start, end, report = text.splitlines(keepends=True)
     match = REPORT.fullmatch(report)
     assert match is not None, repr(report)
@@ -60,14 +65,16 @@ def test_peak_memory_unknown() -> None:
 
 def test_start_end_report_in_the_invocation_log() -> None:
     invocation = make_invocation("abc-123")
+    invocation_capture = capture_for(invocation)
     invocation.pid = os.getpid()
     invocation.invoked_at = time.monotonic()
     reporter = Reporter(enabled=False, version="$LATEST", memory_size=256)
-    reporter.start(invocation)
+    reporter.start(invocation, invocation_capture)
     assert invocation.peak_memory_mb > 0
-    reporter.end(invocation)
-    assert invocation.log is not None
-    start, end, match = report_lines(invocation.log)
+    reporter.end(invocation, invocation_capture)
+    log = invocation_capture.stop()
+    assert log is not None
+    start, end, match = report_lines(log)
     assert start == "START RequestId: abc-123 Version: $LATEST\n"
     assert end == "END RequestId: abc-123\n"
     assert match["id"] == "abc-123"
@@ -75,15 +82,17 @@ def test_start_end_report_in_the_invocation_log() -> None:
     assert int(match["used"]) >= invocation.peak_memory_mb > 0
     assert match["init"] is None
     assert match["status"] is None
-    assert bytes(invocation.log).endswith(b"\t\n")
+    assert log.endswith(b"\t\n")
 
 
 def test_report_fields_are_tab_separated() -> None:
     invocation = make_invocation()
+    invocation_capture = capture_for(invocation)
     invocation.invoked_at = time.monotonic()
-    Reporter(False, "7", 128).end(invocation)
-    assert invocation.log is not None
-    report = bytes(invocation.log).decode().splitlines()[1]
+    Reporter(False, "7", 128).end(invocation, invocation_capture)
+    log = invocation_capture.stop()
+    assert log is not None
+    report = log.decode().splitlines()[1]
     fields = report.split("\t")
     assert fields[0] == "REPORT RequestId: req-1"
     assert fields[1].startswith("Duration: ")
@@ -95,26 +104,31 @@ def test_report_fields_are_tab_separated() -> None:
 
 def test_init_duration_only_when_set() -> None:
     cold = make_invocation("cold")
+    cold_capture = capture_for(cold)
     cold.invoked_at = time.monotonic()
     cold.init_duration_ms = 123.456
     warm = make_invocation("warm")
+    warm_capture = capture_for(warm)
     warm.invoked_at = time.monotonic()
     reporter = Reporter(False, "$LATEST", 128)
-    reporter.end(cold)
-    reporter.end(warm)
-    assert cold.log is not None and warm.log is not None
-    assert report_lines(b"START\n" + cold.log)[2]["init"] == "123.46"
-    assert b"Init Duration" not in warm.log
-    assert report_lines(b"START\n" + warm.log)[2]["init"] is None
+    reporter.end(cold, cold_capture)
+    reporter.end(warm, warm_capture)
+    cold_log, warm_log = cold_capture.stop(), warm_capture.stop()
+    assert cold_log is not None and warm_log is not None
+    assert report_lines(b"START\n" + cold_log)[2]["init"] == "123.46"
+    assert b"Init Duration" not in warm_log
+    assert report_lines(b"START\n" + warm_log)[2]["init"] is None
 
 
 def test_status_is_appended() -> None:
     invocation = make_invocation()
+    invocation_capture = capture_for(invocation)
     invocation.invoked_at = time.monotonic()
     invocation.init_duration_ms = 5.0
-    Reporter(False, "$LATEST", 128).end(invocation, "timeout")
-    assert invocation.log is not None
-    match = report_lines(b"START\n" + invocation.log)[2]
+    Reporter(False, "$LATEST", 128).end(invocation, invocation_capture, "timeout")
+    log = invocation_capture.stop()
+    assert log is not None
+    match = report_lines(b"START\n" + log)[2]
     assert match["status"] == "timeout"
     assert match["init"] == "5.00"
 
@@ -122,10 +136,12 @@ def test_status_is_appended() -> None:
 @pytest.mark.parametrize("elapsed_ms", [0.0, 10.1, 250.7])
 def test_billed_duration_rounds_up(elapsed_ms: float) -> None:
     invocation = make_invocation()
+    invocation_capture = capture_for(invocation)
     invocation.invoked_at = time.monotonic() - elapsed_ms / 1000
-    Reporter(False, "$LATEST", 128).end(invocation)
-    assert invocation.log is not None
-    match = report_lines(b"START\n" + invocation.log)[2]
+    Reporter(False, "$LATEST", 128).end(invocation, invocation_capture)
+    log = invocation_capture.stop()
+    assert log is not None
+    match = report_lines(b"START\n" + log)[2]
     duration, billed = float(match["duration"]), int(match["billed"])
     assert duration >= elapsed_ms
     assert billed >= 1
@@ -135,11 +151,13 @@ def test_billed_duration_rounds_up(elapsed_ms: float) -> None:
 
 def test_billed_duration_includes_init_and_rounds_up() -> None:
     invocation = make_invocation()
+    invocation_capture = capture_for(invocation)
     invocation.invoked_at = time.monotonic()
     invocation.init_duration_ms = 100.2
-    Reporter(False, "$LATEST", 128).end(invocation)
-    assert invocation.log is not None
-    match = report_lines(b"START\n" + invocation.log)[2]
+    Reporter(False, "$LATEST", 128).end(invocation, invocation_capture)
+    log = invocation_capture.stop()
+    assert log is not None
+    match = report_lines(b"START\n" + log)[2]
     duration, init, billed = float(match["duration"]), float(match["init"]), int(match["billed"])
     assert billed >= duration + init
     assert billed <= math.ceil(duration + init + 0.01)
@@ -148,38 +166,42 @@ def test_billed_duration_includes_init_and_rounds_up() -> None:
 
 def test_enabled_reporter_prints_on_stdout(capfd: pytest.CaptureFixture[str]) -> None:
     invocation = make_invocation("printed", tail=False)
+    invocation_capture = capture_for(invocation)
     invocation.invoked_at = time.monotonic()
     reporter = Reporter(enabled=True, version="3", memory_size=512)
     assert reporter.wanted(invocation)
-    reporter.start(invocation)
-    reporter.end(invocation)
+    reporter.start(invocation, invocation_capture)
+    reporter.end(invocation, invocation_capture)
     out = capfd.readouterr().out
     start, end, match = report_lines(out.encode())
     assert start == "START RequestId: printed Version: 3\n"
     assert end == "END RequestId: printed\n"
     assert match["size"] == "512"
-    assert invocation.log is None
+    assert invocation_capture.stop() is None
 
 
 def test_disabled_reporter_without_tail_does_nothing(capfd: pytest.CaptureFixture[str]) -> None:
     invocation = make_invocation(tail=False)
+    invocation_capture = capture_for(invocation)
     invocation.invoked_at = time.monotonic()
     reporter = Reporter(enabled=False, version="$LATEST", memory_size=128)
     assert not reporter.wanted(invocation)
-    reporter.start(invocation)
-    reporter.end(invocation)
+    reporter.start(invocation, invocation_capture)
+    reporter.end(invocation, invocation_capture)
     assert capfd.readouterr().out == ""
-    assert invocation.log is None
+    assert invocation_capture.stop() is None
 
 
 def test_tail_is_written_even_when_reports_are_off(capfd: pytest.CaptureFixture[str]) -> None:
     invocation = make_invocation(tail=True)
+    invocation_capture = capture_for(invocation)
     invocation.invoked_at = time.monotonic()
     reporter = Reporter(enabled=False, version="$LATEST", memory_size=128)
     assert reporter.wanted(invocation)
-    reporter.start(invocation)
+    reporter.start(invocation, invocation_capture)
     assert capfd.readouterr().out == ""
-    assert invocation.log is not None and invocation.log.startswith(b"START RequestId: req-1")
+    log = invocation_capture.stop()
+    assert log is not None and log.startswith(b"START RequestId: req-1")
 
 
 def test_peak_memory_counts_the_processes_a_runtime_started() -> None:
