@@ -81,7 +81,7 @@ class Daemon:
     def _gateway(self) -> Gateway | None:
         if self.config.gateway is None:
             return None
-        # Imported only when the gateway is on: aiohttp is a large part of the start-up time.
+        # Imported only when the gateway is on, to keep the start-up of the others short.
         from lambda_rapid.gateway import gateway_for
 
         return gateway_for(self.config, self.backend, self.config.function_name)

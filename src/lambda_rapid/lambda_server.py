@@ -165,7 +165,7 @@ class LambdaServer:
     def _gateway(self, backend: AmqpBackend) -> Gateway | None:
         if self.config.gateway is None:
             return None
-        # Imported only when the gateway is on: aiohttp is a large part of the start-up time.
+        # Imported only when the gateway is on, to keep the start-up of the others short.
         from lambda_rapid.gateway import gateway_for
 
         return gateway_for(self.config, backend, None)
