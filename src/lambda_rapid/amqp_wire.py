@@ -1,9 +1,11 @@
-"""What arrives over AMQP, checked before it can reach a runtime, a reply or a log.
+"""The AMQP wire format shared by the daemon's consumer and lambda-server's client.
 
-Owns the tolerant frame decoding (a message whose properties cannot be decoded must not
-take the whole connection down with it), the validation of the properties and headers
-that become Runtime API or Invoke API headers (no CR/LF ever reaches the wire), and the
-size bounds of the headers this daemon adds to retries and dead letters.
+Owns the names on the wire (header names, the function exchange), the headers of a
+request and of a reply, encoded and decoded here and nowhere else, the tolerant frame
+decoding (a message whose properties cannot be decoded must not take the whole
+connection down with it), the validation of the properties and headers that become
+Runtime API or Invoke API headers (no CR/LF ever reaches the wire), and the size bounds
+of the headers this daemon adds to retries and dead letters.
 """
 
 from __future__ import annotations
@@ -11,15 +13,40 @@ from __future__ import annotations
 import base64
 import json
 import struct
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import pamqp.decode
 import pamqp.encode
+from pamqp.common import FieldValue
 
-from lambda_rapid.errors import InvalidParameterValue
-from lambda_rapid.invocation import decode_client_context, new_request_id, new_trace_id
+from lambda_rapid.errors import InvalidParameterValue, InvokeError, error_member
+from lambda_rapid.invocation import (
+    Invocation,
+    InvocationResult,
+    decode_client_context,
+    new_request_id,
+    new_trace_id,
+)
+
+# Request headers (lambda-server → daemon), as the Invoke API's HTTP headers are named.
+INVOKED_ARN = "X-Amz-Invoked-Function-Arn"
+TRACE_ID = "X-Amzn-Trace-Id"
+CLIENT_CONTEXT = "X-Amz-Client-Context"
+LOG_TYPE = "X-Amz-Log-Type"
+COGNITO_IDENTITY = "X-Amz-Cognito-Identity"
+TENANT_ID = "X-Amz-Tenant-Id"
+# Reply headers (daemon → caller).
+FUNCTION_ERROR = "X-Amz-Function-Error"
+ERROR_TYPE = "X-Amz-Function-Error-Type"
+EXECUTED_VERSION = "X-Amz-Executed-Version"
+LOG_RESULT = "X-Amz-Log-Result"
+ERROR_CODE = "x-amzn-ErrorType"
+ERROR_STATUS = "x-amzn-Status"
+# Our own: how many times an invocation already ran (or was interrupted).
+ATTEMPT = "x-lambda-attempt"
 
 # Put in place of what pamqp could not decode, so the message can be rejected by us.
 UNDECODABLE_HEADERS = "x-undecodable-headers"
@@ -149,7 +176,7 @@ def request_id_of(message_id: str | None) -> str:
 
 def trace_id_of(headers: Mapping[str, Any]) -> str:
     """X-Amzn-Trace-Id when it is header-safe; otherwise a new one, as for no header."""
-    trace = header_text(headers, "X-Amzn-Trace-Id")
+    trace = header_text(headers, TRACE_ID)
     return trace if trace and wire_safe(trace) else new_trace_id()
 
 
@@ -163,14 +190,14 @@ def optional_safe(headers: Mapping[str, Any], name: str) -> str | None:
 
 def client_context_of(headers: Mapping[str, Any]) -> str | None:
     """The decoded client context, re-serialized when its JSON spans lines."""
-    text = decode_client_context(header_text(headers, "X-Amz-Client-Context"))
+    text = decode_client_context(header_text(headers, CLIENT_CONTEXT))
     if text is not None and ("\r" in text or "\n" in text):
         text = json.dumps(json.loads(text), separators=(",", ":"))
     return text
 
 
-def attempts_of(headers: Mapping[str, Any], name: str) -> int:
-    """How many times an Event already ran, from our own counter header."""
+def attempts_of(headers: Mapping[str, Any], name: str = ATTEMPT) -> int:
+    """How many times an invocation already ran, from our own counter header."""
     value = headers.get(name, 0)
     if isinstance(value, bytes | str) and value.isdigit():
         value = int(value)
@@ -204,3 +231,142 @@ def log_result_of(value: str | None) -> bytes | None:
         return base64.b64decode(value, validate=True)
     except ValueError:
         return None
+
+
+def error_message(error_body: bytes) -> str:
+    """The errorMessage of an error body (the whole body when it has none)."""
+    message = error_member(error_body, "errorMessage")
+    return message if message is not None else error_body.decode(errors="replace")
+
+
+def function_exchange(function_name: str) -> str:
+    """The exchange a daemon binds its function's queue to: only daemons declare it.
+
+    lambda-server publishes there, never to the default exchange, so a queue of some other
+    application that happens to carry a function's name is never reachable through it.
+    """
+    return f"lambda-function.{function_name}"
+
+
+def retry_queue(function_name: str, retry: int) -> str:
+    """Where the `retry`-th retry of a failed Event waits (one queue per delay)."""
+    return f"{function_name}-retry-{retry}"
+
+
+def epoch_of(timestamp: datetime) -> float:
+    """A message timestamp in epoch seconds (AMQP timestamps are UTC, often naive)."""
+    return (timestamp if timestamp.tzinfo else timestamp.replace(tzinfo=UTC)).timestamp()
+
+
+def deadline_start(timestamp: datetime) -> float:
+    """When a message's deadline starts: its timestamp, if it waited in the queue.
+
+    AMQP timestamps have one-second resolution, so a fresh message's timestamp would cut
+    up to a second off its deadline; only an older one is taken as the start.
+    """
+    now = time.time()
+    sent = epoch_of(timestamp)
+    return sent if sent < now - 1 else now
+
+
+# -- request headers: lambda-server encodes, the daemon's consumer decodes ------------------
+
+
+def request_headers(invocation: Invocation) -> dict[str, FieldValue]:
+    """The headers that carry an invocation's Invoke API headers to the function's daemon."""
+    headers: dict[str, FieldValue] = {INVOKED_ARN: invocation.invoked_arn}
+    if invocation.trace_id:
+        headers[TRACE_ID] = invocation.trace_id
+    if invocation.client_context:
+        headers[CLIENT_CONTEXT] = base64.b64encode(invocation.client_context.encode()).decode()
+    if invocation.want_log_tail:
+        headers[LOG_TYPE] = "Tail"
+    if invocation.cognito_identity:
+        headers[COGNITO_IDENTITY] = invocation.cognito_identity
+    if invocation.tenant_id:
+        headers[TENANT_ID] = invocation.tenant_id
+    return headers
+
+
+def invoked_arn_of(headers: Mapping[str, Any], default: str) -> str:
+    """The ARN the caller invoked, when header-safe; else the function's own."""
+    arn = header_text(headers, INVOKED_ARN)
+    return arn if arn and wire_safe(arn) else default
+
+
+def wants_log_tail(headers: Mapping[str, Any]) -> bool:
+    return header_text(headers, LOG_TYPE) == "Tail"
+
+
+# -- reply headers: the daemon's consumer encodes, lambda-server decodes ---------------------
+
+ERROR_CODE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.")
+VALID_ERROR_STATUS = range(400, 600)
+INVALID_REPLY = json.dumps(
+    {"Type": "Service", "Message": "The function's daemon sent an invalid reply"}
+).encode()
+
+
+def result_headers(result: InvocationResult) -> dict[str, FieldValue]:
+    """The reply headers of an invocation that ran (or failed as a function)."""
+    headers: dict[str, FieldValue] = {EXECUTED_VERSION: result.executed_version}
+    if result.error_type is not None:
+        headers[FUNCTION_ERROR] = "Unhandled"
+        headers[ERROR_TYPE] = result.error_type
+    if result.log_tail is not None:
+        headers[LOG_RESULT] = base64.b64encode(result.log_tail).decode()
+    return headers
+
+
+def error_headers(error: InvokeError) -> dict[str, FieldValue]:
+    """The reply headers of an Invoke API error the daemon decided (the body is error.body())."""
+    return {ERROR_CODE: error.code, ERROR_STATUS: error.status}
+
+
+class RemoteError(InvokeError):
+    """An Invoke API error decided by the daemon that received the message."""
+
+    def __init__(self, status: int, code: str, body: bytes) -> None:
+        super().__init__(code)
+        self.status = status
+        self.code = code
+        self._body = body
+
+    def body(self) -> bytes:
+        return self._body
+
+
+def reply_text(headers: Mapping[str, Any], name: str) -> str | None:
+    """A reply header that may become an HTTP header: None unless text and header-safe."""
+    try:
+        value = header_text(headers, name)
+    except MalformedMessage:
+        return None
+    return value if value is not None and wire_safe(value) else None
+
+
+def remote_error(headers: Mapping[str, Any], body: bytes) -> RemoteError:
+    """The error the daemon decided; an invalid one becomes a 502 ServiceException."""
+    code = reply_text(headers, ERROR_CODE)
+    status = headers.get(ERROR_STATUS)
+    if isinstance(status, bytes | str) and status.isdigit():
+        status = int(status)
+    if code and ERROR_CODE_CHARS.issuperset(code) and status in VALID_ERROR_STATUS:
+        assert isinstance(status, int)
+        return RemoteError(status, code, body)
+    return RemoteError(502, "ServiceException", INVALID_REPLY)
+
+
+def result_of_reply(headers: Mapping[str, Any], body: bytes) -> InvocationResult:
+    """The result a reply carries; RemoteError when the daemon answered with an error."""
+    if ERROR_CODE in headers:
+        raise remote_error(headers, body)
+    error_type = None
+    if FUNCTION_ERROR in headers:
+        error_type = reply_text(headers, ERROR_TYPE) or "Unhandled"
+    return InvocationResult(
+        body,
+        error_type,
+        log_result_of(reply_text(headers, LOG_RESULT)),
+        reply_text(headers, EXECUTED_VERSION) or "$LATEST",
+    )

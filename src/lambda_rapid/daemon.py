@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import signal
 import socket
 import time
 from collections.abc import Sequence
@@ -21,12 +20,13 @@ from typing import TYPE_CHECKING
 from lambda_rapid.config import DaemonConfig
 from lambda_rapid.dispatcher import Dispatcher
 from lambda_rapid.invoke_api import InvokeApi, LocalBackend, Watchdog
+from lambda_rapid.lifecycle import Lifecycle
 from lambda_rapid.pool import Pool
 from lambda_rapid.reports import Reporter
 from lambda_rapid.runtime_api import RuntimeApi, bind_slots, slot_addresses
 
 if TYPE_CHECKING:
-    from lambda_rapid.amqp import RpcConsumer
+    from lambda_rapid.amqp_consumer import RpcConsumer
     from lambda_rapid.gateway import Gateway
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class Daemon:
 
     def __init__(self, config: DaemonConfig, invoke_socket: socket.socket | None = None) -> None:
         self.config = config
-        self._stop = asyncio.Event()
+        self.lifecycle = Lifecycle()
         reporter = Reporter(config.print_reports, config.function_version, config.memory_size)
         slots = bind_slots(config)
         # The dispatcher builds the pool, which reports exits to it: the one owner of the
@@ -74,7 +74,7 @@ class Daemon:
         if self.config.amqp is None:
             return None
         # Imported only with a broker configured: it is most of the start-up time.
-        from lambda_rapid.amqp import RpcConsumer
+        from lambda_rapid.amqp_consumer import RpcConsumer
 
         return RpcConsumer(self.config, self.dispatcher.submit)
 
@@ -91,30 +91,13 @@ class Daemon:
 
         `early_signals` lists SIGTERM/SIGINT received before the handlers were installed.
         """
-        await self.startup()
-        if early_signals:
-            self.request_stop()
-        stop = asyncio.create_task(self._stop.wait())
-        waits: set[asyncio.Future[object]] = {stop}  # type: ignore[arg-type]
-        if self._consuming is not None:
-            waits.add(self._consuming)  # type: ignore[arg-type]
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        status = 0
-        if self._consuming is not None and self._consuming.done():
-            error = self._consuming.exception()
-            logger.error("giving up: %s", error)
-            status = 1 if type(error).__name__ == "BrokerUnavailable" else 2
-        stop.cancel()
-        await self.shutdown()
-        return status
+        return await self.lifecycle.run(self.startup, self.shutdown, early_signals)
 
     def request_stop(self) -> None:
-        self._stop.set()
+        self.lifecycle.request_stop()
 
     async def startup(self) -> None:
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self.request_stop)
         self.dispatcher.start()
         await self.runtime_api.start()
         await self.invoke_api.start()
@@ -123,7 +106,7 @@ class Daemon:
         if self.consumer is None:
             self._log_ready()
         else:
-            self._consuming = loop.create_task(self.consumer.run())
+            self._consuming = self.lifecycle.keep(self.consumer.run())
             # With a broker, "ready" waits for the queue to be consumed: the readiness signal.
             self._announcing = loop.create_task(self._ready_when_consuming(self.consumer))
 

@@ -143,7 +143,7 @@ def queue_depth(url: str, queue: str) -> int | None:
 
 
 def function_exchange(name: str) -> str:
-    """The exchange a daemon binds its function's queue to (as amqp.function_exchange)."""
+    """The exchange a daemon binds its function's queue to (as amqp_wire.function_exchange)."""
     return f"lambda-function.{name}"
 
 

@@ -8,6 +8,7 @@ import base64
 import contextlib
 import json
 import re
+import signal
 import socket
 import sys
 import threading
@@ -27,6 +28,7 @@ from tests.e2e.broker import (
     count_lines,
     declare_queue,
     header,
+    kill_runtimes,
     names,
     pika_rpc,
     publish_event,
@@ -296,6 +298,71 @@ def test_redelivered_event_counts_the_interrupted_run(
     assert props.headers["x-lambda-attempt"] == retries + 1
     assert json.loads(pika_rpc(names.url, name, {"after": 1}, timeout=20)[1]) == {"after": 1}
     assert count_lines(daemon.stdout(), text) == runs
+
+
+def publish_request(url: str, queue: str, event: Any, reply_to: str, **headers: Any) -> str:
+    """An RPC request whose reply goes to the ordinary queue `reply_to`; its correlation id."""
+    correlation_id = str(uuid.uuid4())
+    properties = pika.BasicProperties(
+        reply_to=reply_to,
+        correlation_id=correlation_id,
+        content_type="application/json",
+        headers=headers or None,
+    )
+    publish_raw(url, queue, json.dumps(event).encode(), properties)
+    return correlation_id
+
+
+@pytest.mark.parametrize(("retries", "attempt", "runs"), [(0, 0, 0), (2, 2, 0), (2, 1, 1)])
+def test_redelivered_request_counts_the_interrupted_run(
+    names: Names, amqp_daemon: Any, retries: int, attempt: int, runs: int
+) -> None:
+    name, replies = names.function(), names.queue()
+    declare_queue(names.url, name)
+    with broker_connection(names.url) as channel:
+        channel.queue_declare(replies)
+    text = marker()
+    extra = {"x-lambda-attempt": attempt} if attempt else {}
+    correlation_id = publish_request(names.url, name, {"print": text}, replies, **extra)
+    requeue_once(names.url, name)
+    daemon = amqp_daemon(name, {"MAXIMUM_RETRY_ATTEMPTS": str(retries)})
+    props, body = wait_for_message(names.url, replies, timeout=30)
+    assert props.correlation_id == correlation_id
+    if runs:
+        assert json.loads(body) == {"print": text}
+    else:
+        assert header(props.headers, "x-amzn-ErrorType") == "ServiceException"
+        assert props.headers["x-amzn-Status"] == 500
+        assert "interrupted" in json.loads(body)["Message"]
+    assert json.loads(pika_rpc(names.url, name, {"after": 1}, timeout=20)[1]) == {"after": 1}
+    assert count_lines(daemon.stdout(), text) == runs
+    assert queue_depth(names.url, name) == 0
+
+
+def test_request_whose_daemon_was_killed_mid_run_is_not_run_forever(
+    names: Names, amqp_daemon: Any
+) -> None:
+    name, replies = names.function(), names.queue()
+    with broker_connection(names.url) as channel:
+        channel.queue_declare(replies)
+    env = {"MAXIMUM_RETRY_ATTEMPTS": "1", "AWS_LAMBDA_FUNCTION_TIMEOUT": "60"}
+    text = marker()
+    runs = []
+    for _ in range(2):  # the first run, and the one re-run allowed
+        daemon = amqp_daemon(name, env, check_exit=False)
+        if not runs:
+            publish_request(names.url, name, {"print": text, "sleep": 60}, replies)
+        assert wait_for(lambda d=daemon: text in d.stdout(), 20), daemon.stderr()
+        runs.append(daemon.stdout())
+        daemon.signal(signal.SIGKILL)
+        daemon.proc.wait(10)
+        kill_runtimes(daemon)
+    last = amqp_daemon(name, env)
+    props, body = wait_for_message(names.url, replies, timeout=30)
+    assert header(props.headers, "x-amzn-ErrorType") == "ServiceException", body
+    assert "interrupted 2 time(s)" in json.loads(body)["Message"]
+    assert text not in last.stdout()
+    assert queue_depth(names.url, name) == 0
 
 
 def test_retries_wait_in_the_broker_and_survive_the_daemon(names: Names, amqp_daemon: Any) -> None:
