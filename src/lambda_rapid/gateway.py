@@ -21,7 +21,6 @@ import socket
 import string
 import time
 import urllib.parse
-import uuid
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -37,7 +36,12 @@ from lambda_rapid.httpserver import (
     Request,
     Response,
 )
-from lambda_rapid.invocation import Invocation, InvocationResult, new_trace_id
+from lambda_rapid.invocation import (
+    Invocation,
+    InvocationResult,
+    new_request_id,
+    new_trace_id,
+)
 from lambda_rapid.invoke_api import LIMITS, Backend
 from lambda_rapid.proxy_events import (
     ApiContext,
@@ -334,7 +338,7 @@ class Gateway:
     async def _invoke(self, function: str, payload: bytes, trace: str | None) -> InvocationResult:
         target = self._backend.resolve(function, None)
         invocation = Invocation(
-            request_id=str(uuid.uuid4()),
+            request_id=new_request_id(),
             payload=payload,
             timeout=self._invocation_timeout,
             invoked_arn=target.invoked_arn,
@@ -354,7 +358,7 @@ class Gateway:
     def _context(self, request: FullRequest) -> ApiContext:
         options = self._options
         return ApiContext(
-            request_id=str(uuid.uuid4()),
+            request_id=new_request_id(),
             time_epoch_ms=int(time.time() * 1000),
             api_id=self._api_id,
             account_id=options.account_id,
