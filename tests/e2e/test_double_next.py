@@ -1,9 +1,8 @@
 """A runtime that polls /next twice: the newer request wins, nothing is assigned twice."""
 
 import sys
-import time
 
-from tests.e2e.conftest import FUNCTIONS
+from tests.e2e.conftest import FUNCTIONS, poll
 
 
 def test_second_next_supersedes_the_first(start_daemon):
@@ -11,13 +10,14 @@ def test_second_next_supersedes_the_first(start_daemon):
     first = daemon.invoke({"n": 1})  # starts the runtime; it polls twice
     assert first.status == 200
     assert first.json() == {"n": 1}
-    time.sleep(1.0)  # the runtime now polls twice: the older request, then the newer
+    # The older /next is answered (and printed as FIRST) once the newer one has arrived.
+    line = poll(
+        lambda: next((x for x in daemon.stdout().splitlines() if x.startswith("FIRST")), None)
+    )
+    assert line, f"the older /next was never answered:\n{daemon.stdout()}"
+    assert line.startswith("FIRST 500 ") and "errorType" in line
     for n in range(2, 6):
         response = daemon.invoke({"n": n})
         assert response.status == 200
         assert response.json() == {"n": n}
-    deadline = time.monotonic() + 5
-    while "FIRST" not in daemon.stdout() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    line = next(line for line in daemon.stdout().splitlines() if line.startswith("FIRST"))
-    assert line.startswith("FIRST 500 ") and "errorType" in line
+    assert [x for x in daemon.stdout().splitlines() if x.startswith("FIRST")] == [line]

@@ -113,29 +113,29 @@ def test_boto3_client_context_and_trace_id(
     assert raw.json()["aws_request_id"] == raw.header("x-amzn-RequestId")
 
 
+# "At once" below: the server's fail-safe timeout is LONG and the client gives up well
+# before it, so a request that waited for a reply fails the test however loaded the machine.
+LONG = {"AWS_LAMBDA_FUNCTION_TIMEOUT": "120"}
+SOON = 30
+
+
 def test_boto3_unserved_function_is_404_at_once(names: Names, start_server: Any) -> None:
-    server = start_server()
-    client = server.lambda_client()
+    server = start_server(LONG)
+    client = server.lambda_client(read_timeout=SOON)
     name = names.function("e2e-nobody")
-    started = time.monotonic()
     with pytest.raises(client.exceptions.ResourceNotFoundException):
         client.invoke(FunctionName=name, Payload=b"{}")
-    assert time.monotonic() - started < 2.0
     assert queue_depth(names.url, name) is None, "the server created the queue"
 
 
 def test_queue_without_consumer_is_404_at_once(names: Names, start_server: Any) -> None:
-    server = start_server()
+    server = start_server(LONG)
     name = names.function("e2e-idle")
     declare_queue(names.url, name)
-    client = server.lambda_client()
-    started = time.monotonic()
+    client = server.lambda_client(read_timeout=SOON)
     with pytest.raises(client.exceptions.ResourceNotFoundException):
         client.invoke(FunctionName=name, Payload=b"{}")
-    assert time.monotonic() - started < 2.0
-    started = time.monotonic()
-    raw = server.invoke(name, {"k": 1}, timeout=30)
-    assert time.monotonic() - started < 2.0
+    raw = server.invoke(name, {"k": 1}, timeout=SOON)
     assert raw.status == 404
     assert raw.header("x-amzn-ErrorType") == "ResourceNotFoundException"
     assert queue_depth(names.url, name) == 0, "the request was left in the queue"
@@ -144,13 +144,12 @@ def test_queue_without_consumer_is_404_at_once(names: Names, start_server: Any) 
 def test_function_whose_daemon_stopped_is_404_at_once(
     names: Names, amqp_daemon: Any, start_server: Any
 ) -> None:
-    name, daemon, server = served(names, amqp_daemon, start_server)
+    name, daemon, server = served(names, amqp_daemon, start_server, server_env=LONG)
     assert server.invoke(name, {"up": 1}).status == 200
     assert daemon.stop() == 0
-    time.sleep(1.1)  # the server remembers a served queue for a second
-    started = time.monotonic()
-    raw = server.invoke(name, {"down": 1}, timeout=30)
-    assert time.monotonic() - started < 2.0
+    # Not a condition but a known delay: the server trusts a queue it saw served for 1 s.
+    time.sleep(1.1)
+    raw = server.invoke(name, {"down": 1}, timeout=SOON)
     assert raw.status == 404, raw.body
 
 
@@ -225,10 +224,9 @@ def test_fail_safe_timeout(names: Names, amqp_daemon: Any, start_server: Any) ->
         env={"AWS_LAMBDA_FUNCTION_TIMEOUT": "30"},
         server_env={"AWS_LAMBDA_FUNCTION_TIMEOUT": "2"},
     )
-    client = server.lambda_client()
-    started = time.monotonic()
-    response = client.invoke(FunctionName=name, Payload=b'{"sleep": 8}')
-    assert time.monotonic() - started < 6.0
+    client = server.lambda_client(read_timeout=SOON)
+    # The function would run 120 s; an answer within SOON came from the 2 s fail-safe.
+    response = client.invoke(FunctionName=name, Payload=b'{"sleep": 120}')
     assert response["FunctionError"] == "Unhandled"
     assert payload_of(response)["errorType"] == "Sandbox.Timedout"
 
@@ -268,11 +266,9 @@ def test_credentials_stay_out_of_the_server_log(
 def test_unreachable_broker_ends_the_server(start_server: Any) -> None:
     port = free_port()  # nothing listens there
     uri = f"amqp://guest:guest@127.0.0.1:{port}/?connection_attempts=2&retry_delay=0.5"
-    started = time.monotonic()
     server = start_server(uri=uri, ready=False)
-    status = server.wait_exit(20)
+    status = server.wait_exit(20)  # two attempts 0.5 s apart; far sooner than that
     assert status != 0
-    assert time.monotonic() - started < 10
     stderr = server.stderr()
     errors = [line for line in stderr.splitlines() if " ERROR " in line]
     assert len(errors) == 1, stderr

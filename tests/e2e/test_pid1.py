@@ -5,7 +5,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 
@@ -16,6 +15,7 @@ from tests.e2e.conftest import (
     FUNCTIONS,
     MARKER,
     free_port,
+    poll,
     processes_with_marker,
     wait_for_port,
     wait_until_gone,
@@ -35,6 +35,14 @@ def zombies_of(pid: int) -> list[int]:
         if fields[0] == b"Z" and int(fields[1]) == pid:
             found.append(int(entry))
     return found
+
+
+def command_of(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return cmdline.read().split(b"\0")[0]
+    except OSError:
+        return b""
 
 
 def child_of(pid: int) -> int:
@@ -82,7 +90,7 @@ def pid1_daemon(tmp_path):
             start_new_session=True,
         )
     wait_for_port(port, proc)
-    yield proc, port
+    yield proc, port, token
     os.killpg(proc.pid, signal.SIGTERM)
     assert proc.wait(20) == 0
     assert not wait_until_gone(token)
@@ -90,14 +98,16 @@ def pid1_daemon(tmp_path):
 
 
 def test_orphans_are_reaped_when_the_daemon_is_pid_1(pid1_daemon):
-    proc, port = pid1_daemon
+    proc, port, token = pid1_daemon
     url = f"http://127.0.0.1:{port}/2015-03-31/functions/orphans/invocations"
     for _ in range(3):
         with urllib.request.urlopen(urllib.request.Request(url, data=b"{}"), timeout=20) as r:
             assert r.status == 200
     daemon_pid = child_of(proc.pid)
-    deadline = time.monotonic() + 6
-    while zombies_of(daemon_pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(1.5)  # the orphans' sleeps have ended by now and been reaped
-    assert zombies_of(daemon_pid) == []
+
+    def orphans_running() -> list[int]:
+        return [pid for pid in processes_with_marker(token) if command_of(pid) in (b"sh", b"sleep")]
+
+    assert poll(lambda: not orphans_running(), timeout=20), "the orphans never ended"
+    # Every orphan has ended: one the daemon did not reap stays a zombie.
+    assert poll(lambda: not zombies_of(daemon_pid), timeout=10), zombies_of(daemon_pid)

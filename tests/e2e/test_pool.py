@@ -10,7 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from tests.e2e.conftest import PROBE, PYTHON_RIC, alive, poll
+from tests.e2e.conftest import PROBE, PYTHON_RIC, alive, poll, read_response, stays
 
 
 def assert_function_error(response: Any, error_type: str) -> dict[str, Any]:
@@ -22,9 +22,10 @@ def assert_function_error(response: Any, error_type: str) -> dict[str, Any]:
 
 
 def test_no_runtime_before_first_invocation_then_exactly_one(fn_daemon):
-    assert fn_daemon.runtime_pids() == []
-    time.sleep(0.3)
-    assert fn_daemon.runtime_pids() == [], "a runtime was started before any invocation"
+    # An eager daemon starts its runtime right after it listens: well within this window.
+    assert stays(lambda: fn_daemon.runtime_pids() == [], 0.5), (
+        "a runtime was started before any invocation"
+    )
     response = fn_daemon.invoke({"pid": 1})
     assert response.status == 200
     pid = response.json()["pid"]
@@ -79,36 +80,39 @@ def test_concurrency_is_capped_and_every_invocation_succeeds(start_daemon):
     assert len(daemon.runtime_pids()) <= 3
 
 
-def test_waiting_invocations_are_served_first_in_first_out(start_daemon):
+def test_waiting_invocations_are_served_first_in_first_out(start_daemon, tmp_path):
     daemon = start_daemon(PROBE, env={"AWS_LAMBDA_FUNCTION_TIMEOUT": "30"})
     assert daemon.invoke({"tag": "warm"}).status == 200
+    gate = tmp_path / "gate"
     with ThreadPoolExecutor(6) as executor:
-        blocker = executor.submit(daemon.invoke, {"sleep": 2, "announce": 1, "tag": "blocker"})
+        blocker = executor.submit(daemon.invoke, {"wait": str(gate), "announce": 1})
         assert poll(lambda: "PROBE pid=" in daemon.stdout()), "the first invocation never ran"
-        waiting = []
-        for tag in range(5):
-            waiting.append(executor.submit(daemon.invoke, {"sleep": 0.05, "tag": tag}))
-            time.sleep(0.25)
+        # Each request is written before the next connection opens: they arrive in order.
+        waiting = [daemon.send_invoke({"tag": tag}) for tag in range(5)]
+        gate.touch()
         assert blocker.result(timeout=60).status == 200
-        results = [f.result(timeout=60).json() for f in waiting]
+        results = [read_response(conn).json() for conn in waiting]
     assert [r["tag"] for r in results] == list(range(5))
     starts = [r["start"] for r in results]
     assert starts == sorted(starts), f"waiting invocations ran out of order: {results}"
 
 
-def test_invocations_waiting_past_their_deadline_time_out(start_daemon):
-    # The runtime needs 3 s to initialise; each invocation may take 1 s in all.
-    daemon = start_daemon(PROBE, env={"AWS_LAMBDA_FUNCTION_TIMEOUT": "1", "PROBE_INIT_SLEEP": "3"})
-    started = time.monotonic()
+def test_invocations_waiting_past_their_deadline_time_out(start_daemon, tmp_path):
+    # The runtime's init lasts until the test opens its gate; each invocation may take 1 s.
+    gate = tmp_path / "gate"
+    daemon = start_daemon(
+        PROBE, env={"AWS_LAMBDA_FUNCTION_TIMEOUT": "1", "PROBE_INIT_GATE": str(gate)}
+    )
     with ThreadPoolExecutor(3) as executor:
         futures = [executor.submit(daemon.invoke, {"tag": i}) for i in range(3)]
         responses = [f.result(timeout=30) for f in futures]
-    elapsed = time.monotonic() - started
+    # Answered while the init still runs: they did not wait for the instance.
+    assert daemon.runtime_pids(), "the starting instance is gone"
+    gate.touch()
     for response in responses:
         body = assert_function_error(response, "Sandbox.Timedout")
         assert "Task timed out after 1.00 seconds" in body["errorMessage"]
         assert response.header("x-amzn-RequestId") in body["errorMessage"]
-    assert elapsed < 2.8, f"waiting invocations were answered after {elapsed:.2f} s, not ~1 s"
 
     # The instance that was starting is not lost: once warm it serves the next invocation.
     def warm_success() -> Any:
@@ -124,12 +128,12 @@ def test_timeout_kills_the_instance_and_the_next_invocation_gets_a_new_one(start
     daemon = start_daemon(env={"AWS_LAMBDA_FUNCTION_TIMEOUT": "1"})
     pid = daemon.invoke({"pid": 1}).json()["pid"]
     started = time.monotonic()
-    response = daemon.invoke({"sleep": 5})
+    response = daemon.invoke({"sleep": 60}, timeout=30)
     elapsed = time.monotonic() - started
     body = assert_function_error(response, "Sandbox.Timedout")
     assert "Task timed out after 1.00 seconds" in body["errorMessage"]
     assert f"RequestId: {response.header('x-amzn-RequestId')}" in body["errorMessage"]
-    assert 0.9 <= elapsed < 4, f"timeout answered after {elapsed:.2f} s"
+    assert elapsed >= 0.9, f"timeout answered after {elapsed:.2f} s, before the deadline"
     assert poll(lambda: not alive(pid), timeout=5), "the timed-out instance is still running"
     assert pid not in daemon.runtime_pids()
     after = daemon.invoke({"pid": 1})
@@ -138,16 +142,19 @@ def test_timeout_kills_the_instance_and_the_next_invocation_gets_a_new_one(start
     assert after.json()["cold"] is True
 
 
+# "At once" below: the function timeout is LONG and the client gives up well before it, so
+# an answer that waited for the deadline fails the test, however loaded the machine is.
+LONG = {"AWS_LAMBDA_FUNCTION_TIMEOUT": "120"}
+SOON = 30
+
+
 def test_crash_is_reported_at_once_and_the_next_invocation_works(start_daemon):
-    daemon = start_daemon(env={"AWS_LAMBDA_FUNCTION_TIMEOUT": "10"})
+    daemon = start_daemon(env=LONG)
     pid = daemon.invoke({"pid": 1}).json()["pid"]
-    started = time.monotonic()
-    response = daemon.invoke({"exit": 3})
-    elapsed = time.monotonic() - started
+    response = daemon.invoke({"exit": 3}, timeout=SOON)
     body = assert_function_error(response, "Runtime.ExitError")
     assert "exit status 3" in body["errorMessage"]
     assert response.header("x-amzn-RequestId") in body["errorMessage"]
-    assert elapsed < 5, f"crash reported after {elapsed:.2f} s (timeout is 10 s)"
     assert poll(lambda: not alive(pid), timeout=5)
     after = daemon.invoke({"pid": 1})
     assert after.status == 200 and after.header("X-Amz-Function-Error") is None, after.body
@@ -155,41 +162,30 @@ def test_crash_is_reported_at_once_and_the_next_invocation_works(start_daemon):
 
 
 def test_init_error_fails_each_invocation_at_once(start_daemon):
-    daemon = start_daemon(
-        [*PYTHON_RIC, "broken.handler"], env={"AWS_LAMBDA_FUNCTION_TIMEOUT": "10"}
-    )
+    daemon = start_daemon([*PYTHON_RIC, "broken.handler"], env=LONG)
     for attempt in range(2):
-        started = time.monotonic()
-        response = daemon.invoke({"attempt": attempt})
-        elapsed = time.monotonic() - started
+        response = daemon.invoke({"attempt": attempt}, timeout=SOON)
         body = assert_function_error(response, "RuntimeError")
         assert body["errorMessage"] == "this module cannot be imported"
         assert isinstance(body.get("stackTrace"), list)
-        assert elapsed < 5, f"init error of attempt {attempt} answered after {elapsed:.2f} s"
     assert poll(lambda: daemon.runtime_pids() == [], timeout=5), "a failed runtime lingers"
 
 
 def test_missing_handler_module_is_an_import_module_error(start_daemon):
-    daemon = start_daemon(
-        [*PYTHON_RIC, "no_such_module.handler"], env={"AWS_LAMBDA_FUNCTION_TIMEOUT": "10"}
-    )
+    daemon = start_daemon([*PYTHON_RIC, "no_such_module.handler"], env=LONG)
     for _ in range(2):
-        started = time.monotonic()
-        body = assert_function_error(daemon.invoke({}), "Runtime.ImportModuleError")
+        response = daemon.invoke({}, timeout=SOON)
+        body = assert_function_error(response, "Runtime.ImportModuleError")
         assert "no_such_module" in body["errorMessage"]
-        assert time.monotonic() - started < 5
 
 
 def test_runtime_exiting_before_next_is_an_exit_error(start_daemon):
-    daemon = start_daemon(["sh", "-c", "exit 7"], env={"AWS_LAMBDA_FUNCTION_TIMEOUT": "10"})
+    daemon = start_daemon(["sh", "-c", "exit 7"], env=LONG)
     for _ in range(2):
-        started = time.monotonic()
-        response = daemon.invoke({"x": 1})
-        elapsed = time.monotonic() - started
+        response = daemon.invoke({"x": 1}, timeout=SOON)
         body = assert_function_error(response, "Runtime.ExitError")
         assert "exit status 7" in body["errorMessage"]
         assert response.header("x-amzn-RequestId") in body["errorMessage"]
-        assert elapsed < 5, f"exit before /next answered after {elapsed:.2f} s"
 
 
 def test_idle_instances_are_reclaimed(start_daemon):

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import re
 import signal
-import time
-import urllib.error
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -44,41 +42,33 @@ def test_signal_lets_the_inflight_invocation_finish(start_daemon, signum):
 
 
 def test_sigterm_with_idle_instances_exits_0(start_daemon):
-    daemon = start_daemon(env={"MAX_CONCURRENCY": "2"})
+    # Idle instances are stopped at once: the daemon does not wait out the grace period.
+    daemon = start_daemon(env={"MAX_CONCURRENCY": "2", "SHUTDOWN_GRACE_PERIOD": "60"})
     with ThreadPoolExecutor(2) as executor:
         for future in [executor.submit(daemon.invoke, {"sleep": 0.5}) for _ in range(2)]:
             assert future.result(timeout=30).status == 200
     runtimes = daemon.runtime_pids()
     assert len(runtimes) == 2
-    started = time.monotonic()
     daemon.signal(signal.SIGTERM)
     assert daemon.proc.wait(20) == 0
-    assert time.monotonic() - started < 5, "idle shutdown took too long"
     assert daemon.stop() == 0
     assert not any(alive(pid) for pid in runtimes)
 
 
 def test_new_invocations_are_refused_during_shutdown(start_daemon):
-    daemon = start_daemon(env={"AWS_LAMBDA_FUNCTION_TIMEOUT": "10"})
+    daemon = start_daemon(env={"AWS_LAMBDA_FUNCTION_TIMEOUT": "60", "SHUTDOWN_GRACE_PERIOD": "60"})
     tag = f"inflight-{uuid.uuid4().hex}"
-    event = {"print": tag, "sleep": 3}
+    event = {"print": tag, "sleep": 5}
     with ThreadPoolExecutor(1) as executor:
         future = executor.submit(daemon.invoke, event)
         assert poll(lambda: tag in daemon.stdout()), "the invocation never started"
         daemon.signal(signal.SIGTERM)
-        # The daemon logs that it is stopping; fall back to a short pause if it does not.
-        poll(lambda: "stopping" in daemon.stderr().lower(), timeout=3)
-        started = time.monotonic()
-        try:
-            late = daemon.invoke({"late": 1}, timeout=10)
-        except (urllib.error.URLError, ConnectionError):
-            late = None  # connection refused is a refusal too
-        elapsed = time.monotonic() - started
-        if late is not None:
-            assert late.status != 200, f"a new invocation was run during shutdown: {late.body}"
-            assert late.status >= 400
-            assert late.header("x-amzn-ErrorType"), late.headers
-        assert elapsed < 2, f"the refused invocation took {elapsed:.2f} s (it waited)"
+        assert poll(lambda: "stopping" in daemon.stderr()), "the daemon never began stopping"
+        late = daemon.invoke({"late": 1}, timeout=10)
+        # Refused at once: answered while the in-flight invocation still runs.
+        assert not future.done(), "the refused invocation waited for the in-flight one"
+        assert late.status == 503, f"a new invocation was not refused: {late.status} {late.body}"
+        assert late.header("x-amzn-ErrorType") == "ServiceException", late.headers
         response = future.result(timeout=30)
     assert response.status == 200 and response.json() == event
     assert daemon.proc.wait(20) == 0
@@ -127,30 +117,28 @@ def test_background_child_is_killed_when_its_runtime_crashes(start_daemon):
 
 
 def test_runtime_ignoring_sigterm_is_killed_at_shutdown(start_daemon):
+    # The idle runtime gets SIGTERM, then SIGKILL 2 s later: far sooner than the wait below.
     daemon = start_daemon(PROBE, env={"PROBE_IGNORE_SIGTERM": "1"})
     response = daemon.invoke({"child": "stubborn"})
     assert response.status == 200 and response.header("X-Amz-Function-Error") is None
     result = response.json()
     assert alive(result["child"]) and alive(result["pid"])
-    started = time.monotonic()
     daemon.signal(signal.SIGTERM)
     assert daemon.proc.wait(20) == 0
-    assert time.monotonic() - started < 10, "shutdown waited too long for a stubborn runtime"
     assert daemon.stop() == 0  # asserts the runtime, its shell and its sleep are gone
     assert not alive(result["pid"]) and not alive(result["child"])
 
 
 def test_invocation_longer_than_the_shutdown_grace_still_gets_an_answer(start_daemon):
+    # The invocation would run 120 s: an answer within the wait below came from the grace.
     daemon = start_daemon(
-        PROBE, env={"AWS_LAMBDA_FUNCTION_TIMEOUT": "60", "SHUTDOWN_GRACE_PERIOD": "1"}
+        PROBE, env={"AWS_LAMBDA_FUNCTION_TIMEOUT": "300", "SHUTDOWN_GRACE_PERIOD": "1"}
     )
     with ThreadPoolExecutor(1) as executor:
-        future = executor.submit(daemon.invoke, {"announce": 1, "sleep": 30})
+        future = executor.submit(daemon.invoke, {"announce": 1, "sleep": 120}, timeout=60)
         assert poll(lambda: "PROBE pid=" in daemon.stdout()), "the invocation never started"
-        started = time.monotonic()
         daemon.signal(signal.SIGTERM)
         response = future.result(timeout=30)
-    assert time.monotonic() - started < 10, "the in-flight invocation outlived the grace period"
     assert response.status == 200, response.body
     assert response.header("X-Amz-Function-Error") == "Unhandled"
     assert response.json()["errorType"]

@@ -7,7 +7,6 @@ request's answer is printed to stdout as `FIRST <status> <body>`.
 import http.client
 import os
 import threading
-import time
 
 HOST, _, PORT = os.environ["AWS_LAMBDA_RUNTIME_API"].rpartition(":")
 NEXT = "/2018-06-01/runtime/invocation/next"
@@ -22,16 +21,17 @@ def serve_one(conn: http.client.HTTPConnection) -> None:
     conn.getresponse().read()
 
 
-def older_next(conn: http.client.HTTPConnection) -> None:
-    conn.request("GET", NEXT)
+def older_answer(conn: http.client.HTTPConnection) -> None:
     response = conn.getresponse()
     print("FIRST", response.status, response.read().decode(), flush=True)
 
 
 older = http.client.HTTPConnection(HOST, int(PORT))
 serve_one(older)  # the invocation that started this runtime
-threading.Thread(target=older_next, args=(older,), daemon=True).start()
-time.sleep(0.5)
+# The older request is sent before the newer connection is even opened, so the daemon
+# reads it first.
+older.request("GET", NEXT)
+threading.Thread(target=older_answer, args=(older,), daemon=True).start()
 newer = http.client.HTTPConnection(HOST, int(PORT))
 while True:
     serve_one(newer)

@@ -1,6 +1,7 @@
 """A test function that reports when and where it ran; behaviour chosen by event keys.
 
-Module import sleeps PROBE_INIT_SLEEP seconds (env) to make cold starts slow on purpose;
+Module import sleeps PROBE_INIT_SLEEP seconds (env) to make cold starts slow on purpose,
+and with PROBE_INIT_GATE=<path> waits until that file exists (the test opens the gate);
 with PROBE_IGNORE_SIGTERM set the runtime process ignores SIGTERM.
 
 Keys (applied in this order):
@@ -12,6 +13,7 @@ Keys (applied in this order):
   spray     {"letter": "a", "lines": 200, "width": 3000, "chunk": 777}: write that many
             lines of one letter to stdout and stderr in odd-sized os.write chunks
   sleep     seconds
+  wait      a path: return once that file exists (the test decides when)
   exit      os._exit(status)
 Returns {"pid", "start", "end", "tag", "child", "cold"}.
 """
@@ -23,6 +25,8 @@ import sys
 import time
 
 time.sleep(float(os.environ.get("PROBE_INIT_SLEEP", "0")))
+while not os.path.exists(os.environ.get("PROBE_INIT_GATE") or "/"):
+    time.sleep(0.01)
 if os.environ.get("PROBE_IGNORE_SIGTERM"):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
@@ -70,6 +74,8 @@ def handler(event, context):
         _spray(event["spray"])
     if "sleep" in event:
         time.sleep(event["sleep"])
+    while "wait" in event and not os.path.exists(event["wait"]):
+        time.sleep(0.01)
     if "exit" in event:
         sys.stdout.flush()
         os._exit(event["exit"])
