@@ -83,10 +83,10 @@ def test_second_response_for_the_same_request_id_is_refused(start_daemon):
 
 
 def test_next_while_holding_an_invocation_is_refused(start_daemon):
-    daemon = start_daemon(RAW, env={"AWS_LAMBDA_FUNCTION_TIMEOUT": "10"})
-    started = time.monotonic()
-    log = ok(daemon.invoke({"do": "next_again"}))["log"]
-    assert time.monotonic() - started < 5, "a second /next of a busy runtime blocked"
+    # A second /next that blocked would hold the invocation until its (long) deadline: the
+    # client gives up well before.
+    daemon = start_daemon(RAW, env={"AWS_LAMBDA_FUNCTION_TIMEOUT": "120"})
+    log = ok(daemon.invoke({"do": "next_again"}, timeout=30))["log"]
     entry = next(e for e in log if e["call"] == "next_while_busy")
     assert entry["status"] == 403, entry
     assert entry["body"]["errorType"] == "InvalidStateTransition"
@@ -147,13 +147,12 @@ def test_init_error_body_reaches_the_invoker(start_daemon):
             "RAW_BEFORE": "init_error",
             "RAW_INIT_ERROR_TYPE": "Custom.InitFailed",
             "RAW_INIT_ERROR_BODY": error,
-            "AWS_LAMBDA_FUNCTION_TIMEOUT": "10",
+            "AWS_LAMBDA_FUNCTION_TIMEOUT": "120",
         },
     )
     for _ in range(2):  # each invocation tries init again
-        started = time.monotonic()
-        response = daemon.invoke({"x": 1})
-        assert time.monotonic() - started < 5, "init error not reported at once"
+        # At once: the client gives up long before the invocation's deadline.
+        response = daemon.invoke({"x": 1}, timeout=30)
         assert response.status == 200
         assert response.header("X-Amz-Function-Error") == "Unhandled"
         assert response.body == error.encode()
