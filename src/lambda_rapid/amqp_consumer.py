@@ -197,7 +197,7 @@ class RpcConsumer:
         try:
             await self._handle(message)
             await message.ack()
-        except CONNECTION_ERRORS as error:
+        except BROKER_ERRORS as error:
             # Not acknowledged: the broker redelivers it once the connection is back.
             logger.warning("could not finish message %s: %s", message.message_id, error)
         except Exception as error:  # noqa: BLE001 - one bad message must not stop the queue
