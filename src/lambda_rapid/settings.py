@@ -413,7 +413,8 @@ MAX_RETRY_ATTEMPTS = Setting(
     "--maximum-retry-attempts",
     _retry_attempts,
     "2",
-    "retries of a failed Event invocation (AMQP mode)",
+    "retries of a failed Event invocation, and re-runs of an interrupted Event or "
+    "RequestResponse (AMQP mode)",
 )
 
 DEAD_LETTER_QUEUE = Setting(
