@@ -233,3 +233,20 @@ async def test_release_waiter() -> None:
     assert instance.release_waiter() is waiter
     assert instance.waiter is None
     assert instance.release_waiter() is None
+
+
+def test_the_transition_table_is_the_only_way_between_states() -> None:
+    from lambda_rapid.instance import TRANSITIONS
+
+    for transition, (allowed, target) in TRANSITIONS.items():
+        for state in State:
+            instance = new_instance()
+            instance.state = state
+            if state in allowed:
+                instance._move(transition)
+                assert instance.state is target
+            else:
+                with pytest.raises(InvalidStateTransition) as info:
+                    instance._move(transition)
+                assert f"from {state.value} to {transition}" in info.value.message
+                assert instance.state is state
