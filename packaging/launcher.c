@@ -233,7 +233,7 @@ int main(int argc, char **argv, char **envp) {
     join(pkg, sizeof pkg, unpacked, "lambda-rapid.pkg");
     if (symlink(self, pkg) < 0) die("cannot unpack into TMPDIR (or /tmp)", pkg);
     /* For KUBERNETES_INIT_CONTAINER: the file to copy is this one. */
-    setenv("STATICX_PROG_PATH", self, 1);
+    setenv("LAMBDA_RAPID_EXECUTABLE", self, 1);
 
     struct sigaction action;
     memset(&action, 0, sizeof action);

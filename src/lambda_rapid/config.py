@@ -56,6 +56,9 @@ __all__ = [
 
 DEFAULT_BOOTSTRAPS = ("/var/task/bootstrap", "/opt/bootstrap", "/var/runtime/bootstrap")
 
+# Set by the single executable's launcher: the file that was started.
+PROGRAM_PATH_VAR = "LAMBDA_RAPID_EXECUTABLE"
+
 # Never handed to a runtime: credentials, and variables that switch runtime interface
 # clients into modes this daemon does not drive (multi-concurrency, telemetry frames).
 RUNTIME_ENV_BLOCKLIST = frozenset(
@@ -65,6 +68,7 @@ RUNTIME_ENV_BLOCKLIST = frozenset(
         "AMQP_PASSWORD",
         "AMQP_URI_FILE",
         "AMQP_PASSWORD_FILE",
+        PROGRAM_PATH_VAR,
         "AWS_LAMBDA_MAX_CONCURRENCY",
         "_LAMBDA_TELEMETRY_LOG_FD",
         "_LAMBDA_TELEMETRY_LOG_FD_PROVIDER_SOCKET",
@@ -365,15 +369,16 @@ def runtime_base_environ(
     return env
 
 
-# Set by the single executable's loaders (PyInstaller's bootloader, staticx).
-BUNDLE_ENV_PREFIXES = ("_PYI_", "_MEI", "STATICX_", "LD_LIBRARY_PATH")
+# Set by the bundle's loader (PyInstaller's bootloader).
+BUNDLE_ENV_PREFIXES = ("_PYI_", "_MEI", "LD_LIBRARY_PATH")
 
 
 def program_path(environ: Mapping[str, str] | None = None) -> str:
-    """The file that was started: staticx's original, the frozen executable, or argv[0]."""
+    """The file that was started: the single executable (its launcher says which), the
+    frozen executable, or argv[0]."""
     env = os.environ if environ is None else environ
-    if "STATICX_PROG_PATH" in env:
-        return env["STATICX_PROG_PATH"]
+    if PROGRAM_PATH_VAR in env:
+        return env[PROGRAM_PATH_VAR]
     if getattr(sys, "frozen", False):
         return sys.executable
     return shutil.which(sys.argv[0]) or sys.argv[0]

@@ -2,20 +2,19 @@
 
 Owns everything that keeps the broker's password from a function, even one running as
 root: secret files (``AMQP_PASSWORD_FILE``, ``AMQP_URI_FILE``), the in-place masking of
-the password in the kernel's copies of argv and environ (``/proc/<pid>/cmdline`` and
-``environ``) of this process and of the launchers of a frozen executable, the daemon made
-non-dumpable with ``CAP_SYS_PTRACE`` kept from the runtimes it starts (so its memory and
-environment are out of their reach), and runtimes started as ``RUNTIME_USER``.
+the password in the kernel's copies of this process's argv and environ
+(``/proc/<pid>/cmdline`` and ``environ``; the single executable's launcher scrubs its
+own), the daemon made non-dumpable with ``CAP_SYS_PTRACE`` kept from the runtimes it
+starts (so its memory and environment are out of their reach), and runtimes started as
+``RUNTIME_USER``.
 """
 
 from __future__ import annotations
 
 import ctypes
 import grp
-import logging
 import os
 import pwd
-import sys
 import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -23,8 +22,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from lambda_rapid.config import AmqpConfig
-
-logger = logging.getLogger(__name__)
 
 PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
@@ -95,56 +92,10 @@ def mask_process(pid: int | str, secrets: list[bytes]) -> None:
                 memory.write(masked)
 
 
-def _cmdline(pid: int | str) -> list[bytes]:
-    with open(f"/proc/{pid}/cmdline", "rb") as file:
-        return file.read().split(b"\0")
-
-
-def _parent(pid: int) -> int:
-    with open(f"/proc/{pid}/stat", "rb") as file:
-        return int(file.read().rsplit(b")", 1)[1].split()[1])
-
-
-def launchers(arguments: list[bytes]) -> list[int]:
-    """The ancestors that started this frozen executable with the same arguments.
-
-    A PyInstaller one-file executable (and staticx around it) runs the program in a child
-    process while the parent waits, keeping the original argv and environment.
-    """
-    found: list[int] = []
-    if not getattr(sys, "frozen", False):
-        return found
-    pid = os.getppid()
-    while pid > 0:
-        try:
-            if _cmdline(pid)[1:] != arguments[1:]:
-                break
-            found.append(pid)
-            pid = _parent(pid)
-        except (OSError, IndexError, ValueError):
-            break
-    return found
-
-
-def conceal(secrets: list[bytes]) -> list[str]:
-    """Mask the secrets in this process's and its launchers' argv and environ.
-
-    Returns one warning per launcher that stays exposed (its memory out of our reach).
-    """
-    if not secrets:
-        return []
-    arguments = _cmdline("self")
-    mask_process("self", secrets)
-    warnings = []
-    for pid in launchers(arguments):
-        try:
-            mask_process(pid, secrets)
-        except OSError as error:
-            warnings.append(
-                f"the credentials stay readable in /proc/{pid} (the launcher of this "
-                f"executable: {error.strerror}); give them in AMQP_PASSWORD_FILE instead"
-            )
-    return warnings
+def conceal(secrets: list[bytes]) -> None:
+    """Mask the secrets in this process's argv and environ."""
+    if secrets:
+        mask_process("self", secrets)
 
 
 # -- keeping the daemon's memory from runtimes ------------------------------------------
@@ -193,8 +144,7 @@ def protect(amqp: AmqpConfig | None, runtimes: bool) -> None:
     if amqp is not None:
         password = urllib.parse.urlsplit(amqp.url).password
         secrets = needles(urllib.parse.unquote(password)) if password else []
-    for warning in conceal(secrets):
-        logger.warning("%s", warning)
+    conceal(secrets)
     seal(runtimes)
 
 

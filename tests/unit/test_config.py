@@ -447,3 +447,12 @@ def test_invalid_amqp_uri_never_shows_the_password(uri: str) -> None:
     with pytest.raises(ConfigError) as info:
         daemon_config([f"--amqp-uri={uri}", *COMMAND], {})
     assert "--amqp-uri=" in str(info.value) and "s3cr3t" not in str(info.value)
+
+
+def test_the_executable_path_comes_from_the_launcher_and_stays_from_runtimes() -> None:
+    from lambda_rapid.config import program_path
+
+    env = {"LAMBDA_RAPID_EXECUTABLE": "/opt/lambda-rapid", "PATH": "/bin"}
+    assert program_path(env) == "/opt/lambda-rapid"
+    for frozen in (False, True):
+        assert runtime_base_environ(env, frozen=frozen) == {"PATH": "/bin"}

@@ -65,8 +65,7 @@ BUNDLE_ENV = {
     "_PYI_APPLICATION_HOME_DIR": "/tmp/_MEIabc",
     "_PYI_ARCHIVE_FILE": "/tmp/staticx-x/prog",
     "_MEIPASS2": "/tmp/_MEIabc",
-    "STATICX_BUNDLE_DIR": "/tmp/staticx-x",
-    "STATICX_PROG_PATH": "/usr/local/bin/aws-lambda-rie",
+    "LAMBDA_RAPID_EXECUTABLE": "/usr/local/bin/aws-lambda-rie",
 }
 
 
