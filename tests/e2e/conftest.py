@@ -10,6 +10,7 @@ import contextlib
 import http.client
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -78,7 +79,31 @@ def ok(response: Any) -> Any:
     return response.json()
 
 
+def _quiet_ports() -> range:
+    """Ports below the kernel's ephemeral range, which it never hands out by itself."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
+        ephemeral = int(ports.read().split()[0])
+    return range(10000, max(ephemeral, 10000))
+
+
+QUIET_PORTS = _quiet_ports()
+
+
 def free_port() -> int:
+    """A free loopback port for a server to bind soon, picked where nothing else will.
+
+    A port the kernel picked for us (bind to 0) may be handed to any client socket or
+    `bind(0)` before our server binds it, which happens under parallel tests; a random
+    port below the ephemeral range is taken only by another test's same pick.
+    """
+    for _ in range(100 if QUIET_PORTS else 0):
+        port = random.choice(QUIET_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
