@@ -218,6 +218,8 @@ class DaemonConfig:
     enable_openfaas: bool = False
     runtime_api_peer_check: bool = True
     runtime_user: RuntimeUser | None = None
+    metrics_port: int | None = None
+    watch: bool = False
 
     @property
     def function_arn(self) -> str:
@@ -278,6 +280,8 @@ def daemon_config(argv: Sequence[str], environ: Mapping[str, str] | None = None)
         enable_openfaas=values[settings.ENABLE_OPENFAAS],
         runtime_api_peer_check=values[settings.RUNTIME_API_PEER_CHECK],
         runtime_user=values.get(settings.RUNTIME_USER),
+        metrics_port=values.get(settings.METRICS_PORT),
+        watch=values[settings.WATCH],
     )
 
 
@@ -438,6 +442,7 @@ class ServerConfig:
     account_id: str
     amqp: AmqpConfig
     gateway: GatewayConfig | None = None
+    metrics_port: int | None = None
 
 
 def server_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> ServerConfig:
@@ -457,4 +462,5 @@ def server_config(argv: Sequence[str], environ: Mapping[str, str] | None = None)
         account_id=values[settings.ACCOUNT_ID],
         amqp=amqp,
         gateway=gateway_config(values),
+        metrics_port=values.get(settings.METRICS_PORT),
     )

@@ -538,8 +538,35 @@ ENABLE_OPENFAAS = Setting(
 
 OPENFAAS_SETTINGS: tuple[Setting[Any], ...] = (ENABLE_OPENFAAS,)
 
+METRICS_PORT = Setting(
+    "metrics_port",
+    "METRICS_PORT",
+    "--metrics-port",
+    _port,
+    None,
+    "port serving Prometheus metrics at /metrics on INVOKE_API_HOST (unset: off)",
+)
+
+WATCH = Setting(
+    "watch",
+    "WATCH",
+    "--watch",
+    _boolean,
+    "FALSE",
+    "restart instances when a file under the function's code directory (LAMBDA_TASK_ROOT, "
+    "else the working directory) changes: idle ones at once, busy ones after their invocation",
+    is_switch=True,
+)
+
+OPERATE_SETTINGS: tuple[Setting[Any], ...] = (METRICS_PORT, WATCH)
+
 ALL_DAEMON_SETTINGS = (
-    DAEMON_SETTINGS + AMQP_SETTINGS + DAEMON_AMQP_SETTINGS + GATEWAY_SETTINGS + OPENFAAS_SETTINGS
+    DAEMON_SETTINGS
+    + AMQP_SETTINGS
+    + DAEMON_AMQP_SETTINGS
+    + GATEWAY_SETTINGS
+    + OPENFAAS_SETTINGS
+    + OPERATE_SETTINGS
 )
 
 
@@ -666,4 +693,5 @@ SERVER_SETTINGS: tuple[Setting[Any], ...] = (
     SERVER_AMQP_URI,
     *AMQP_SETTINGS[1:],
     *GATEWAY_SETTINGS,
+    METRICS_PORT,
 )
