@@ -1,4 +1,4 @@
-"""Static checks: ruff lint (src and tests), ruff format (src), mypy (configured in pyproject)."""
+"""Static checks: ruff lint and ruff format (src and tests), mypy (configured in pyproject)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ BIN = Path(sys.executable).parent
 
 CHECKS = {
     "ruff-check": [str(BIN / "ruff"), "check", "src", "tests"],
-    "ruff-format": [str(BIN / "ruff"), "format", "--check", "src"],
+    "ruff-format": [str(BIN / "ruff"), "format", "--check", "src", "tests"],
     "mypy": [str(BIN / "mypy")],
 }
 
