@@ -51,6 +51,10 @@ class RpcClient:
         self._known: dict[str, float] = {}
         self._served: dict[str, float] = {}
 
+    @property
+    def connected(self) -> bool:
+        return self._ready.is_set()
+
     async def run(self) -> None:
         """Stay connected until cancelled; raise BrokerUnavailable when attempts run out."""
         while True:

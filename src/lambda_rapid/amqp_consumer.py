@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import aio_pika
 from aio_pika.abc import (
@@ -110,6 +110,16 @@ def interrupted(runs: int) -> ServiceException:
     )
 
 
+class EventObserver(Protocol):
+    """What the consumer tells the metrics (METRICS_PORT) about Events."""
+
+    def event_queued(self) -> None: ...
+
+    def event_retried(self) -> None: ...
+
+    def event_dead_lettered(self) -> None: ...
+
+
 class RpcConsumer:
     """Serves the function's queue from the daemon's pool."""
 
@@ -123,6 +133,7 @@ class RpcConsumer:
         self._consumer_tag: str | None = None
         # Set while the function's queue is declared, bound and consumed.
         self.consuming = asyncio.Event()
+        self.metrics: EventObserver | None = None
 
     async def run(self) -> None:
         """Consume until cancelled; reconnect on loss; raise BrokerUnavailable at the end."""
@@ -192,6 +203,8 @@ class RpcConsumer:
             raise ServiceUnavailable(
                 "The broker is unavailable; the event was not queued"
             ) from None
+        if self.metrics is not None:
+            self.metrics.event_queued()
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         try:
@@ -362,6 +375,8 @@ class RpcConsumer:
         delay = self._config.event_retry_delay * 2 ** (attempt - 1)
         queue = retry_queue(self._config.function_name, attempt) if delay else None
         await self._republish(message, headers, attempt, queue or self._config.function_name, delay)
+        if self.metrics is not None:
+            self.metrics.event_retried()
 
     async def _republish(
         self,
@@ -420,6 +435,8 @@ class RpcConsumer:
         dead = persistent_message(message.body, message_id, dead_headers, queued)
         channel = self._require_channel()
         await channel.default_exchange.publish(dead, self._config.dead_letter_queue)
+        if self.metrics is not None:
+            self.metrics.event_dead_lettered()
         logger.warning(
             "event %s failed %d time(s) (%s); sent to %s",
             message_id,

@@ -28,6 +28,8 @@ from lambda_rapid.runtime_api import RuntimeApi, bind_slots, slot_addresses
 if TYPE_CHECKING:
     from lambda_rapid.amqp_consumer import RpcConsumer
     from lambda_rapid.gateway import Gateway
+    from lambda_rapid.metrics import MetricsEndpoint
+    from lambda_rapid.watch import CodeWatcher
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +69,8 @@ class Daemon:
             invoke_socket,
         )
         self.gateway = self._gateway()
+        self.metrics = self._metrics()
+        self.watcher = self._watcher()
         self._consuming: asyncio.Task[None] | None = None
         self._announcing: asyncio.Task[None] | None = None
 
@@ -86,6 +90,34 @@ class Daemon:
 
         return gateway_for(self.config, self.backend, self.config.function_name)
 
+    def _metrics(self) -> MetricsEndpoint | None:
+        config = self.config
+        if config.metrics_port is None:
+            return None
+        # Imported only with METRICS_PORT set: off, metrics cost nothing.
+        from lambda_rapid.metrics import DaemonMetrics, MetricsEndpoint
+
+        consumer = self.consumer
+        metrics = DaemonMetrics(
+            config.function_name,
+            config.max_concurrency,
+            self.dispatcher,
+            consumer.consuming.is_set if consumer is not None else None,
+        )
+        self.dispatcher.metrics = metrics
+        if consumer is not None:
+            consumer.metrics = metrics
+        self.invoke_api.observe_answers(metrics.families.answered("invoke"))
+        return MetricsEndpoint(metrics.registry, config.invoke_api_host, config.metrics_port)
+
+    def _watcher(self) -> CodeWatcher | None:
+        if not self.config.watch:
+            return None
+        from lambda_rapid.watch import CodeWatcher, code_directory
+
+        task_root = self.config.runtime_environ.get("LAMBDA_TASK_ROOT")
+        return CodeWatcher(task_root or code_directory(), self.dispatcher.recycle)
+
     async def serve(self, early_signals: Sequence[int] = ()) -> int:
         """Run until told to stop; the exit status (1 when the broker was given up on).
 
@@ -103,6 +135,10 @@ class Daemon:
         await self.invoke_api.start()
         if self.gateway is not None:
             await self.gateway.start()
+        if self.metrics is not None:
+            await self.metrics.start()
+        if self.watcher is not None:
+            self.watcher.start()
         if self.consumer is None:
             self._log_ready()
         else:
@@ -126,6 +162,8 @@ class Daemon:
 
     async def shutdown(self) -> None:
         logger.info("stopping: letting in-flight invocations finish")
+        if self.watcher is not None:
+            await self.watcher.stop()
         self.invoke_api.stop_accepting()
         if self.gateway is not None:
             self.gateway.stop_accepting()
@@ -147,4 +185,6 @@ class Daemon:
         if self.gateway is not None:
             await self.gateway.close()
         await self.runtime_api.close()
+        if self.metrics is not None:
+            self.metrics.close()
         logger.info("stopped")

@@ -18,7 +18,11 @@ from lambda_rapid.invoke_api import InvokeApi
 from lambda_rapid.lifecycle import Lifecycle
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from lambda_rapid.gateway import Gateway
+    from lambda_rapid.invoke_api import Backend
+    from lambda_rapid.metrics import MetricsEndpoint
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +34,12 @@ class LambdaServer:
         self.config = config
         self.client = RpcClient(config.amqp)
         backend = AmqpBackend(config, self.client)
-        self.invoke_api = InvokeApi(config.invoke_api_host, config.port, config.timeout, backend)
+        self.metrics: MetricsEndpoint | None = None
+        self._answered: Callable[[int], None] | None = None
+        front: Backend = backend
+        if config.metrics_port is not None:
+            front = self._metered(backend, config.metrics_port)
+        self.invoke_api = InvokeApi(config.invoke_api_host, config.port, config.timeout, front)
         self.gateway = self._gateway(backend)
         self.lifecycle = Lifecycle()
         self._connection: asyncio.Task[None] | None = None
@@ -43,6 +52,15 @@ class LambdaServer:
 
         return gateway_for(self.config, backend, None)
 
+    def _metered(self, backend: Backend, port: int) -> Backend:
+        # Imported only with METRICS_PORT set: off, metrics cost nothing.
+        from lambda_rapid.metrics import MeteredBackend, MetricsEndpoint, ServerMetrics
+
+        metrics = ServerMetrics(lambda: self.client.connected)
+        self._answered = metrics.families.answered("invoke")
+        self.metrics = MetricsEndpoint(metrics.registry, self.config.invoke_api_host, port)
+        return MeteredBackend(backend, metrics)
+
     def request_stop(self) -> None:
         self.lifecycle.request_stop()
 
@@ -51,6 +69,9 @@ class LambdaServer:
 
     async def startup(self) -> None:
         await self.invoke_api.start()
+        if self.metrics is not None and self._answered is not None:
+            self.invoke_api.observe_answers(self._answered)
+            await self.metrics.start()
         if self.gateway is not None:
             await self.gateway.start()
         self._connection = self.lifecycle.keep(self.client.run())
@@ -71,3 +92,5 @@ class LambdaServer:
         await self.invoke_api.close()
         if self.gateway is not None:
             await self.gateway.close()
+        if self.metrics is not None:
+            self.metrics.close()
