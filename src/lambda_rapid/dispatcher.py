@@ -28,10 +28,10 @@ from lambda_rapid.errors import exit_error, function_error_body, timeout_error
 from lambda_rapid.instance import COMING, ExitCallback, Instance, State, log_stream_name
 from lambda_rapid.invocation import Invocation, InvocationResult
 from lambda_rapid.reports import Reporter
+from lambda_rapid.streaming import Mode, ResponseStream, StreamedResult
 
 logger = logging.getLogger(__name__)
 
-STOPPED = frozenset({State.STOPPING, State.DEAD})
 # Events held in memory (without a broker) before further ones are refused.
 MAX_QUEUED_EVENTS = 1000
 MAX_QUEUED_EVENT_BYTES = 64 * 1024 * 1024
@@ -54,18 +54,6 @@ class Processes(Protocol):
 ProcessesFactory = Callable[[ExitCallback], Processes]
 
 
-class Observer(Protocol):
-    """What the dispatcher tells its observer (the metrics, when METRICS_PORT is set)."""
-
-    def started(self, invocation: Invocation) -> None: ...
-
-    def ended(self, invocation: Invocation, result: InvocationResult) -> None: ...
-
-    def throttled(self) -> None: ...
-
-    def event_queued(self) -> None: ...
-
-
 def shutdown_result() -> InvocationResult:
     body = function_error_body("Runtime.ExitError", "The daemon is shutting down")
     return InvocationResult(body, "Runtime.ExitError")
@@ -78,15 +66,21 @@ class InstanceStopped(Exception):
 class Job:
     """One invocation in the dispatcher's hands: who waits for it, its timer, its instance."""
 
-    __slots__ = ("invocation", "future", "timer", "instance")
+    __slots__ = ("invocation", "future", "timer", "instance", "reads_streams", "stream")
 
     def __init__(
-        self, invocation: Invocation, future: asyncio.Future[InvocationResult] | None
+        self,
+        invocation: Invocation,
+        future: asyncio.Future[InvocationResult] | None,
+        reads_streams: bool = False,
     ) -> None:
         self.invocation = invocation
         self.future = future  # None for an Event: nobody waits for its result
         self.timer: asyncio.TimerHandle | None = None
         self.instance: Instance | None = None
+        # Whether the caller takes a streamed response as it comes (a StreamedResult).
+        self.reads_streams = reads_streams
+        self.stream: ResponseStream | None = None
 
     @property
     def withdrawn(self) -> bool:
@@ -118,10 +112,6 @@ class Dispatcher:
         self._reclaimer: asyncio.Task[None] | None = None
         self._stopping: set[asyncio.Task[None]] = set()
         self._closed = False
-        self.metrics: Observer | None = None
-        # Instances to stop at their next /next instead of giving them work (hot reload).
-        self._outdated: set[Instance] = set()
-        self._recycled: set[Instance] = set()
 
     def start(self) -> None:
         """Start the pool's and the dispatcher's own background work (idle reclaim)."""
@@ -138,14 +128,6 @@ class Dispatcher:
 
     # -- what the Runtime API may ask ---------------------------------------------------
 
-    @property
-    def waiting(self) -> int:
-        """Invocations waiting for an instance."""
-        return len(self._queue)
-
-    def live_instances(self) -> list[Instance]:
-        return [i for i in self._slots if i is not None]
-
     def instance_at(self, slot: int) -> Instance | None:
         """The instance using Runtime API slot `slot`, if any."""
         return self._slots[slot] if 0 <= slot < len(self._slots) else None
@@ -156,18 +138,22 @@ class Dispatcher:
 
     # -- the caller's side ------------------------------------------------------------
 
-    def submit(self, invocation: Invocation) -> asyncio.Future[InvocationResult]:
+    def submit(
+        self, invocation: Invocation, reads_streams: bool = False
+    ) -> asyncio.Future[InvocationResult]:
         """Run an invocation; the returned future (the caller's) gets the result.
 
         The future never gets an exception. Cancelling it withdraws the invocation if it
-        has not started; a started one runs to its end.
+        has not started; a started one runs to its end. With `reads_streams`, a streamed
+        response resolves it as soon as it begins, with a ``StreamedResult``; otherwise
+        a streamed response is collected and the future gets the whole body.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[InvocationResult] = loop.create_future()
         if self._closed:
             future.set_result(shutdown_result())
             return future
-        job = Job(invocation, future)
+        job = Job(invocation, future, reads_streams)
         delay = invocation.deadline_epoch - time.time()
         job.timer = loop.call_later(max(delay, 0), self._on_deadline, job)
         self._enqueue(job)
@@ -180,16 +166,12 @@ class Dispatcher:
         """
         size = len(invocation.payload)
         if self._events >= MAX_QUEUED_EVENTS or self._event_bytes + size > MAX_QUEUED_EVENT_BYTES:
-            if self.metrics is not None:
-                self.metrics.throttled()
             return False
         if self._closed:
             logger.warning("event invocation dropped at shutdown")
             return True
         self._events += 1
         self._event_bytes += size
-        if self.metrics is not None:
-            self.metrics.event_queued()
         self._enqueue(Job(invocation, None))
         return True
 
@@ -245,8 +227,6 @@ class Dispatcher:
         instance.assign(invocation)
         job.instance = instance
         self._running[instance] = job
-        if self.metrics is not None:
-            self.metrics.started(invocation)  # before an Event's clock restarts
         if job.timer is None:  # an Event: its time starts now
             invocation.started_at = time.time()
             loop = asyncio.get_running_loop()
@@ -265,8 +245,6 @@ class Dispatcher:
             if instance in self._idle:
                 self._idle.remove(instance)
             self._release(instance)
-        if self._outdated and instance in self._outdated:
-            return self._retire_outdated(instance)
         instance.ready()
         if instance.free:
             job = self._take_queued()
@@ -289,6 +267,27 @@ class Dispatcher:
         """The runtime answered (response or error) for `request_id`."""
         instance.answer(request_id)
         self._end(instance, self._running.pop(instance), result, status)
+
+    def begin_stream(
+        self, instance: Instance, request_id: str, content_type: str
+    ) -> ResponseStream:
+        """The runtime began streaming its response for `request_id`.
+
+        The instance stays taken until the stream ends with `complete()`; the deadline
+        still applies.
+        """
+        instance.stream(request_id)
+        job = self._running[instance]
+        if job.future is None or job.future.done():
+            mode = Mode.DISCARD
+        else:
+            mode = Mode.READ if job.reads_streams else Mode.COLLECT
+        job.stream = stream = ResponseStream(content_type, mode)
+        if mode is Mode.READ:
+            assert job.future is not None
+            version = self._config.function_version
+            job.future.set_result(StreamedResult(b"", executed_version=version, stream=stream))
+        return stream
 
     def init_failed(self, instance: Instance, error_type: str, body: bytes) -> None:
         """The runtime posted init/error: the oldest waiting invocation gets that error."""
@@ -320,6 +319,11 @@ class Dispatcher:
         self._resolve(job, result)
 
     def _resolve(self, job: Job, result: InvocationResult) -> None:
+        stream = job.stream
+        if stream is not None:
+            if stream.mode is Mode.COLLECT and result.error_type is None:
+                result.body = stream.collected()
+            stream.finish(result)
         future = job.future
         if future is None:
             self._events -= 1
@@ -328,8 +332,6 @@ class Dispatcher:
                 logger.warning("event %s failed: %s", job.invocation.request_id, result.error_type)
         elif not future.done():
             future.set_result(result)
-        if self.metrics is not None:
-            self.metrics.ended(job.invocation, result)
 
     @staticmethod
     def _cancel_timer(job: Job) -> None:
@@ -373,8 +375,6 @@ class Dispatcher:
                 body = exit_error(job.invocation.request_id, description or "exit status 0")
                 self._fail_queued(job, InvocationResult(body, "Runtime.ExitError"))
         self._spawn_if_needed()
-        if instance in self._recycled or instance in self._outdated:
-            self._replace(instance)
 
     def _free_slot(self, instance: Instance) -> None:
         if self._slots[instance.slot] is instance:
@@ -405,41 +405,6 @@ class Dispatcher:
             self._release(instance)
             logger.debug("reclaiming idle instance %s", instance)
             self._stop_in_background(instance, grace=2.0)
-
-    # -- recycling (hot reload) ---------------------------------------------------------
-
-    def recycle(self) -> list[Instance]:
-        """Replace every instance (the function's code changed): idle ones at once, the
-        others when they next ask for work. Returns the instances that will restart."""
-        doomed = [i for i in self._slots if i is not None and i.state not in STOPPED]
-        for instance in doomed:
-            if instance in self._idle:
-                self._idle.remove(instance)
-                self._retire(instance)
-            else:
-                self._outdated.add(instance)
-        return doomed
-
-    def _retire(self, instance: Instance) -> None:
-        instance.stopping()
-        self._release(instance)
-        self._recycled.add(instance)
-        self._stop_in_background(instance, grace=2.0)
-
-    def _retire_outdated(self, instance: Instance) -> asyncio.Future[Invocation]:
-        """An outdated instance asked for work: stop it instead (its /next fails)."""
-        self._outdated.discard(instance)
-        self._retire(instance)
-        refused: asyncio.Future[Invocation] = asyncio.get_running_loop().create_future()
-        refused.set_exception(InstanceStopped())
-        return refused
-
-    def _replace(self, instance: Instance) -> None:
-        """A recycled instance exited: start its successor, so the new code is warm."""
-        self._recycled.discard(instance)
-        self._outdated.discard(instance)
-        if not self._queue and self._free_slots and not self._closed:
-            self._spawn()
 
     def _stop_in_background(self, instance: Instance, grace: float) -> None:
         task = asyncio.get_running_loop().create_task(self._processes.stop(instance, grace))

@@ -11,6 +11,12 @@ hostile client from growing the daemon (``Limits``): request head size, time to 
 request, idle time, open connections, pipelined requests and unread answers.
 ``ProxyProtocol`` serves what a proxy passes on: every header as sent (``FullRequest``)
 and repeated answer headers (``HeaderList``).
+
+Streaming, both ways, for the routes that want it: a server built with `stream_body`
+hands the body of a request that hook accepts to a ``BodySink`` chunk by chunk (reading
+pauses while the sink says so; trailers end up in the request's headers), and a
+``StreamedResponse`` is written with chunked encoding as its chunks come, each written
+only once the client has taken the previous ones.
 """
 
 from __future__ import annotations
@@ -21,11 +27,11 @@ import logging
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from http import HTTPStatus
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import httptools
 
@@ -69,6 +75,7 @@ class Request:
         "body_too_large",
         "body_size",
         "keep_alive",
+        "sink",
     )
 
     def __init__(self, method: str, path: str, query: str, headers: dict[str, str]) -> None:
@@ -80,6 +87,7 @@ class Request:
         self.body_too_large = False
         self.body_size = 0
         self.keep_alive = True
+        self.sink: BodySink | None = None  # who took the body, when it was streamed
 
 
 class FullRequest(Request):
@@ -141,6 +149,43 @@ class Response:
         return head_bytes.encode("latin-1") + self.body
 
 
+class StreamedResponse(Response):
+    """An answer whose body comes as chunks (written with chunked encoding)."""
+
+    __slots__ = ("chunks",)
+
+    def __init__(
+        self,
+        status: int,
+        chunks: AsyncGenerator[bytes, None],
+        headers: dict[str, str] | HeaderList | None = None,
+    ) -> None:
+        super().__init__(status, b"", headers)
+        self.chunks = chunks
+
+    def encode(self, keep_alive: bool, head: bool = False) -> bytes:
+        head_bytes = super().encode(keep_alive, head=True)
+        return head_bytes.replace(b"Content-Length: 0\r\n", b"Transfer-Encoding: chunked\r\n")
+
+
+class BodySink(Protocol):
+    """Takes a streamed request body."""
+
+    def data(self, chunk: bytes) -> bool:
+        """One chunk; False to pause reading until the resume callback is called."""
+
+    def end(self, request: Request) -> None:
+        """The body is complete (its trailers are in `request.headers`)."""
+
+    def abort(self) -> None:
+        """The connection was lost before the body was complete."""
+
+
+# Decides, once a request's head is in, whether its body is streamed (to the sink it
+# returns); gets the callback that resumes reading.
+StreamBody = Callable[[Request, Callable[[], None]], "BodySink | None"]
+
+
 def safe_header_lines(headers: dict[str, str] | HeaderList) -> str:
     """Header lines with every CR and LF inside names and values replaced by a space."""
     table = {ord("\r"): " ", ord("\n"): " "}
@@ -180,8 +225,6 @@ class Connections(set["HttpProtocol"]):
     """A server's open connections; says once when there are too many."""
 
     full = False
-    # Told the status of every answer (metrics, when METRICS_PORT is set).
-    answered: Callable[[int], None] | None = None
 
     def admit(self, connection: HttpProtocol, limit: int) -> bool:
         if len(self) < limit:
@@ -210,15 +253,20 @@ class HttpProtocol(asyncio.Protocol):
         *,
         limits: Limits | None = None,
         refuse: Refusal = plain_refusal,
+        stream_body: StreamBody | None = None,
     ) -> None:
         self._handler = handler
+        self._stream_body = stream_body
+        self._sink: BodySink | None = None
+        self._body_paused = False
+        self._writable: asyncio.Future[None] | None = None
+        self._pump: asyncio.Task[None] | None = None
         self._on_error = on_error
         self._refuse = refuse
         self._limits = limits = limits or Limits(max_body)
         self._max_body = limits.max_body
         self._max_body_digits = len(str(limits.max_body))
         self._connections = connections
-        self._tell_status: Callable[[int], None] | None = getattr(connections, "answered", None)
         self.last_active = time.monotonic()
         # When the request being received began (0.0: none is), for the request deadline.
         self.receiving_since = 0.0
@@ -269,6 +317,11 @@ class HttpProtocol(asyncio.Protocol):
         self._transport = None
         self._stopped = True
         self._pending.clear()
+        sink = self._sink
+        if sink is not None:
+            self._sink = None
+            sink.abort()
+        self._wake_writer()
         connections = self._connections
         if isinstance(connections, Connections):
             connections.release(self, self._limits.max_connections)
@@ -288,8 +341,14 @@ class HttpProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self._wake_writer()
         self._update_reading()
         self._next()
+
+    def _wake_writer(self) -> None:
+        waiter, self._writable = self._writable, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def abort(self) -> None:
         if self._transport is not None:
@@ -360,6 +419,7 @@ class HttpProtocol(asyncio.Protocol):
             (self._stopped and not self._drain)
             or self._write_paused
             or len(self._pending) >= MAX_PIPELINED
+            or self._body_paused
         )
         if pause != self._read_paused:
             self._read_paused = pause
@@ -396,6 +456,8 @@ class HttpProtocol(asyncio.Protocol):
             self._check_head_size(url)
         self._request = request = self._new_request(url)
         headers = self._headers
+        if self._stream_body is not None and self._take_body(request):
+            return
         expect = headers.get("expect")
         length = headers.get("content-length")
         # Fewer digits than the cap has is below it: no int() on the common path.
@@ -410,6 +472,20 @@ class HttpProtocol(asyncio.Protocol):
             self._stop(self._refuse(400))
         if expect is not None:
             self._expect(expect)
+
+    def _take_body(self, request: Request) -> bool:
+        """Whether the request's body goes to a sink (no size cap here: the sink's)."""
+        assert self._stream_body is not None
+        sink = self._stream_body(request, self._resume_body)
+        if sink is None:
+            return False
+        request.sink = self._sink = sink
+        return True
+
+    def _resume_body(self) -> None:
+        if self._body_paused:
+            self._body_paused = False
+            self._update_reading()
 
     def _check_head_size(self, url: bytes) -> None:
         headers = self._headers
@@ -454,6 +530,11 @@ class HttpProtocol(asyncio.Protocol):
         raise _Stop
 
     def on_body(self, body: bytes) -> None:
+        if self._sink is not None:
+            if not self._sink.data(body):
+                self._body_paused = True
+                self._update_reading()
+            return
         request = self._request
         assert request is not None
         request.body_size += len(body)
@@ -468,6 +549,10 @@ class HttpProtocol(asyncio.Protocol):
         request = self._request
         assert request is not None
         self.receiving_since = 0.0
+        sink = self._sink
+        if sink is not None:
+            self._sink = None
+            sink.end(request)
         if self._body:
             request.body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         request.keep_alive = keep_alive = self._parser.should_keep_alive()
@@ -525,11 +610,54 @@ class HttpProtocol(asyncio.Protocol):
             return
         transport.write(response.encode(keep_alive, head))
         self.last_active = time.monotonic()
-        if self._tell_status is not None:
-            self._tell_status(response.status)
+        if isinstance(response, StreamedResponse):
+            self._busy = True
+            self._pump = asyncio.get_running_loop().create_task(
+                self._write_chunks(response.chunks, keep_alive)
+            )
+            return
         if not keep_alive:
             self._pending.clear()
             self._close()
+
+    async def _write_chunks(self, chunks: AsyncGenerator[bytes, None], keep_alive: bool) -> None:
+        """Write a streamed answer's chunks, each once the client took the ones before."""
+        complete = False
+        try:
+            async for chunk in chunks:
+                transport = self._transport
+                if transport is None:
+                    break
+                if chunk:
+                    transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+                    self.last_active = time.monotonic()
+                if self._write_paused:
+                    self._writable = asyncio.get_running_loop().create_future()
+                    await self._writable
+            else:
+                complete = True
+        except Exception:  # noqa: BLE001 - the stream's source failed: cut the answer
+            logger.exception("error streaming an answer")
+        finally:
+            await chunks.aclose()
+            self._pump = None
+            self._busy = False
+        self._after_stream(complete, keep_alive)
+
+    def _after_stream(self, complete: bool, keep_alive: bool) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        if not complete:
+            # A cut chunked answer must not look complete: the client sees the reset.
+            self.abort()
+            return
+        transport.write(b"0\r\n\r\n")
+        if not keep_alive:
+            self._pending.clear()
+            self._close()
+        else:
+            self._next()
 
     def _close(self) -> None:
         self._stopped = True
@@ -620,6 +748,7 @@ class HttpServer:
         limits: Limits | None = None,
         refuse: Refusal = plain_refusal,
         protocol: type[HttpProtocol] = HttpProtocol,
+        stream_body: StreamBody | None = None,
     ) -> None:
         self.limits = limits = limits or Limits(max_body, keep_alive=keep_alive)
         self._connections = Connections()
@@ -631,6 +760,7 @@ class HttpServer:
             self._connections,
             limits=limits,
             refuse=refuse,
+            stream_body=stream_body,
         )
         self._servers: list[asyncio.Server] = []
         self._sweeper: asyncio.TimerHandle | None = None
@@ -660,10 +790,6 @@ class HttpServer:
         if self._sweeper is None:
             self._sweep_later()
         self._servers.append(await loop.create_server(self._factory, sock=sock, backlog=1024))
-
-    def observe_answers(self, answered: Callable[[int], None]) -> None:
-        """Have `answered` told the status of every answer from now on."""
-        self._connections.answered = answered
 
     def drop_connections(self) -> None:
         """Abort every open connection, answered or not."""

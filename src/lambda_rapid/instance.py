@@ -24,6 +24,7 @@ class State(enum.Enum):
     STARTING = "Starting"  # spawned, has not asked for work yet (init phase)
     IDLE = "Ready"  # waiting in /next
     BUSY = "Invoking"  # holds an invocation
+    STREAMING = "Streaming"  # streaming its answer: not free until the stream ended
     ANSWERED = "Answered"  # posted its answer, not yet back in /next
     STOPPING = "Stopping"  # failed init, timed out or reclaimed; its process is being stopped
     DEAD = "Dead"
@@ -35,11 +36,17 @@ S = State
 TRANSITIONS: dict[str, tuple[frozenset[State], State]] = {
     "Ready": (frozenset({S.STARTING, S.IDLE, S.ANSWERED}), S.IDLE),
     "Invoking": (frozenset({S.IDLE}), S.BUSY),
-    "InvocationResponse": (frozenset({S.BUSY}), S.ANSWERED),
+    "Streaming": (frozenset({S.BUSY}), S.STREAMING),
+    "InvocationResponse": (frozenset({S.BUSY, S.STREAMING}), S.ANSWERED),
     "InitError": (frozenset({S.STARTING}), S.STOPPING),
-    "Stopping": (frozenset({S.STARTING, S.IDLE, S.BUSY, S.ANSWERED, S.STOPPING}), S.STOPPING),
+    "Stopping": (
+        frozenset({S.STARTING, S.IDLE, S.BUSY, S.STREAMING, S.ANSWERED, S.STOPPING}),
+        S.STOPPING,
+    ),
     "Dead": (frozenset(State), S.DEAD),
 }
+# The states in which an instance holds an invocation.
+HOLDING = frozenset({S.BUSY, S.STREAMING})
 # An instance that is not in one of these states is on its way to a new invocation.
 COMING = frozenset({S.STARTING, S.ANSWERED})
 # How the process pool reports an instance's exit: the exit in words, None for status 0.
@@ -102,8 +109,9 @@ class Instance:
     def free(self) -> bool:
         """Whether the instance may take an invocation now.
 
-        Today: its runtime waits in /next. Extensions will add "and each extension called
-        next", and a streamed response "and its stream has ended".
+        Its runtime waits in /next (which a streaming runtime cannot reach before its
+        stream ended: /next is refused in STREAMING), and each of its extensions waits in
+        event/next.
         """
         return self.state is State.IDLE
 
@@ -128,15 +136,23 @@ class Instance:
         if invocation.want_log_tail:
             self.output.start()
 
-    def answer(self, request_id: str) -> Invocation:
-        """The runtime posted a response or error for `request_id`."""
+    def stream(self, request_id: str) -> Invocation:
+        """The runtime began streaming its response for `request_id`."""
         current = self.current
-        if self.state is State.BUSY and current is not None and current.request_id == request_id:
+        if self.state in HOLDING and current is not None and current.request_id == request_id:
+            self._move("Streaming")  # refused when it streams already
+            return current
+        return self.answer(request_id)  # raises: the same refusals as a plain answer
+
+    def answer(self, request_id: str) -> Invocation:
+        """The runtime posted a response or error for `request_id` (or its stream ended)."""
+        current = self.current
+        if self.state in HOLDING and current is not None and current.request_id == request_id:
             self._move("InvocationResponse")
             self.current = None
             self.served += 1
             return current
-        if self.served == 0 and self.state is not State.BUSY:
+        if self.served == 0 and self.state not in HOLDING:
             self._move("InvocationResponse")  # raises: nothing was ever handed out
         raise InvalidRequestId("Invalid request ID")
 
@@ -151,7 +167,7 @@ class Instance:
         """
         if self.state is State.DEAD:
             return None
-        held = self.current if self.state is State.BUSY else None
+        held = self.current if self.state in HOLDING else None
         self._move("Stopping")
         if held is not None:
             self.current = None
@@ -164,7 +180,7 @@ class Instance:
 
     def died(self) -> Invocation | None:
         """The process exited; returns the invocation it was holding, if any."""
-        held = self.current if self.state is State.BUSY else None
+        held = self.current if self.state in HOLDING else None
         self._move("Dead")
         self.current = None
         return held

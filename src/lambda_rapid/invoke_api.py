@@ -14,7 +14,7 @@ import base64
 import logging
 import socket
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -36,9 +36,11 @@ from lambda_rapid.errors import (
     ServiceUnavailable,
     TooManyRequests,
     UnknownOperation,
+    error_member,
 )
+from lambda_rapid.eventstream import CHUNK_HEADERS, invoke_complete, message, payload_chunks
 from lambda_rapid.futures import chain
-from lambda_rapid.httpserver import HttpServer, Limits, Request, Response
+from lambda_rapid.httpserver import HttpServer, Limits, Request, Response, StreamedResponse
 from lambda_rapid.invocation import (
     Invocation,
     InvocationResult,
@@ -51,6 +53,7 @@ from lambda_rapid.invocation import (
     new_trace_id,
 )
 from lambda_rapid.sockets import listen_socket
+from lambda_rapid.streaming import StreamedResult
 
 __all__ = [
     "Backend",
@@ -67,6 +70,11 @@ INVOKE_PREFIX = "/2015-03-31/functions/"
 INVOKE_SUFFIX = "/invocations"
 GENERIC_NAME = "function"  # the emulator's fixed name, accepted for compatibility
 INVOCATION_TYPES = ("RequestResponse", "Event", "DryRun")
+# InvokeWithResponseStream, answered with eventstream frames.
+STREAM_PREFIX = "/2021-11-15/functions/"
+STREAM_SUFFIX = "/response-streaming-invocations"
+STREAM_INVOCATION_TYPES = ("RequestResponse", "DryRun")
+EVENTSTREAM = "application/vnd.amazon.eventstream"
 EMPTY_EVENT = b"{}"
 KEEP_ALIVE_SECONDS = 75.0  # idle client connections are closed after this, as aiohttp does
 # What one client may make the Invoke API hold (it listens on every interface by default).
@@ -207,6 +215,10 @@ class LocalBackend:
         # A future of the caller's own, chained by callback: no task on the hot path.
         return self._dispatcher.submit(invocation)
 
+    def invoke_stream(self, target: Target, invocation: Invocation) -> Awaitable[InvocationResult]:
+        """As `invoke`, but a streamed response comes as a ``StreamedResult`` at once."""
+        return self._dispatcher.submit(invocation, reads_streams=True)
+
     async def enqueue(self, target: Target, invocation: Invocation) -> None:
         if self._durable_events is not None:
             await self._durable_events(invocation)
@@ -251,10 +263,6 @@ class InvokeApi:
     def stop_accepting(self) -> None:
         self._accepting = False
 
-    def observe_answers(self, answered: Callable[[int], None]) -> None:
-        """Have `answered` told the status of every answer (metrics)."""
-        self._server.observe_answers(answered)
-
     async def close(self) -> None:
         self._server.close()
 
@@ -264,6 +272,8 @@ class InvokeApi:
         if self._watchdog is not None and (path == "/" or path.startswith("/_/")):
             return self._watchdog_route(request, self._watchdog)
         if not (path.startswith(INVOKE_PREFIX) and path.endswith(INVOKE_SUFFIX)):
+            if path.startswith(STREAM_PREFIX) and path.endswith(STREAM_SUFFIX):
+                return self._stream_route(request)
             error: InvokeError = UnknownOperation(f"Unknown operation: {request.method} {path}")
             return render_error(error)
         request_id = new_request_id()
@@ -277,6 +287,56 @@ class InvokeApi:
             return self._invoke(request, request_id, function_name)
         except InvokeError as error:
             return render_error(error, request_id)
+
+    def _stream_route(self, request: Request) -> Response | Awaitable[Response]:
+        """InvokeWithResponseStream: the same checks as Invoke, the answer as events."""
+        path = request.path
+        request_id = new_request_id()
+        if request.method != "POST":
+            error = MethodNotAllowed(f"Method {request.method} is not allowed for Invoke")
+            return render_error(error, request_id)
+        function_name = urllib.parse.unquote(path[len(STREAM_PREFIX) : -len(STREAM_SUFFIX)])
+        try:
+            if not self._accepting:
+                raise ServiceUnavailable("The function is shutting down")
+            return self._invoke_stream(request, request_id, function_name)
+        except InvokeError as error:
+            return render_error(error, request_id)
+
+    def _invoke_stream(
+        self, request: Request, request_id: str, function_name: str
+    ) -> Response | Awaitable[Response]:
+        headers = request.headers
+        invocation_type = headers.get("x-amz-invocation-type", "RequestResponse")
+        if invocation_type not in STREAM_INVOCATION_TYPES:
+            raise InvalidParameterValue(
+                f"Invalid InvocationType: {invocation_type!r}; expected one of "
+                + ", ".join(STREAM_INVOCATION_TYPES)
+            )
+        log_type = headers.get("x-amz-log-type", "None")
+        if log_type not in ("None", "Tail"):
+            raise InvalidParameterValue(f"Invalid LogType: {log_type!r}; expected None or Tail")
+        target = self._backend.resolve(function_name, qualifier_of(request.query))
+        payload = checked_payload(request, MAX_REQUEST_PAYLOAD)
+        client_context = decode_client_context(headers.get("x-amz-client-context"))
+        if invocation_type == "DryRun":
+            return then(self._backend.dry_run(target), lambda _: accepted(204, request_id))
+        invocation = Invocation(
+            request_id=request_id,
+            payload=payload,
+            timeout=self._timeout,
+            invoked_arn=target.invoked_arn,
+            trace_id=check_trace_id(headers.get("x-amzn-trace-id")) or new_trace_id(),
+            client_context=client_context,
+            tenant_id=check_tenant_id(headers.get("x-amz-tenant-id")),
+            want_log_tail=log_type == "Tail",
+        )
+        # A backend that cannot stream (lambda-server's, over AMQP) answers buffered: the
+        # whole body in one PayloadChunk.
+        invoke_stream = getattr(self._backend, "invoke_stream", self._backend.invoke)
+        return then(
+            invoke_stream(target, invocation), lambda result: render_stream(request_id, result)
+        )
 
     def _watchdog_route(
         self, request: Request, watchdog: Watchdog
@@ -398,6 +458,43 @@ def render_result(request_id: str, result: InvocationResult) -> Response:
     if result.log_tail is not None:
         headers["X-Amz-Log-Result"] = base64.b64encode(result.log_tail).decode()
     return Response(200, result.body, headers)
+
+
+def render_stream(request_id: str, result: InvocationResult) -> Response:
+    """InvokeWithResponseStream's answer: 200 and the events (even when the function failed)."""
+    headers = {
+        "x-amzn-RequestId": request_id,
+        "X-Amz-Executed-Version": result.executed_version,
+        "Content-Type": EVENTSTREAM,
+    }
+    return StreamedResponse(200, events(result), headers)
+
+
+async def events(result: InvocationResult) -> AsyncGenerator[bytes, None]:
+    """PayloadChunk events as the body comes, then InvokeComplete."""
+    stream = result.stream if isinstance(result, StreamedResult) else None
+    if stream is None:
+        if result.error_type is None:
+            for frame in payload_chunks(result.body):
+                yield frame
+        yield complete_event(result)
+        return
+    try:
+        async for chunk in stream.chunks():
+            yield message(CHUNK_HEADERS, chunk)
+    finally:
+        if stream.result is None:
+            stream.detach()  # the client left first
+    assert stream.result is not None
+    yield complete_event(stream.result)
+
+
+def complete_event(result: InvocationResult) -> bytes:
+    log = None if result.log_tail is None else base64.b64encode(result.log_tail).decode()
+    if result.error_type is None:
+        return invoke_complete(log_result=log)
+    details = error_member(result.body, "errorMessage") or result.body.decode("utf-8", "replace")
+    return invoke_complete(result.error_type, details, log)
 
 
 def checked_payload(request: Request, limit: int) -> bytes:

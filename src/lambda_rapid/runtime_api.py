@@ -11,9 +11,12 @@ What the handlers may ask of the daemon's core is the narrow ``RuntimeCore``.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import contextlib
 import logging
 import socket
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Protocol, cast
 
@@ -23,19 +26,26 @@ from lambda_rapid.errors import (
     PayloadTooLarge,
     RuntimeApiError,
     error_member,
+    function_error_body,
     response_too_large_error,
 )
 from lambda_rapid.futures import chain
-from lambda_rapid.httpserver import HttpServer, Request, Response
+from lambda_rapid.httpserver import BodySink, HttpServer, Request, Response
 from lambda_rapid.instance import Instance
 from lambda_rapid.invocation import Invocation, InvocationResult
 from lambda_rapid.peers import PeerCheck, proc_available
 from lambda_rapid.sockets import listen_socket
+from lambda_rapid.streaming import MAX_STREAMED_RESPONSE, STREAMING_MODE_HEADER, ResponseStream
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "/2018-06-01/runtime"
 ERROR_TYPE_HEADER = "Lambda-Runtime-Function-Error-Type"
+# Trailers of a streamed response that failed mid-stream (the body is base64).
+ERROR_TYPE_TRAILER = "lambda-runtime-function-error-type"
+ERROR_BODY_TRAILER = "lambda-runtime-function-error-body"
+RESPONSE_PREFIX = PREFIX + "/invocation/"
+RESPONSE_SUFFIX = "/response"
 UNKNOWN_ERROR_TYPE = "Runtime.Unknown"
 
 JSON = {"Content-Type": "application/json"}
@@ -88,6 +98,10 @@ class RuntimeCore(Protocol):
 
     def init_failed(self, instance: Instance, error_type: str, body: bytes) -> None: ...
 
+    def begin_stream(
+        self, instance: Instance, request_id: str, content_type: str
+    ) -> ResponseStream: ...
+
 
 def bind_slots(config: DaemonConfig) -> list[socket.socket]:
     """One listening socket per slot (MAX_CONCURRENCY of them)."""
@@ -136,7 +150,12 @@ class RuntimeApi:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         for slot, sock in enumerate(self._sockets):
-            http = HttpServer(partial(self.handle, slot), internal_error, MAX_RESPONSE_PAYLOAD)
+            http = HttpServer(
+                partial(self.handle, slot),
+                internal_error,
+                MAX_RESPONSE_PAYLOAD,
+                stream_body=partial(self.stream_body, slot),
+            )
             factory = partial(Guard, self, slot, http)
             self._servers.append(await loop.create_server(factory, sock=sock, backlog=1024))
 
@@ -194,7 +213,30 @@ class RuntimeApi:
             return next_response(invocation)
         return chain(invocation, next_response, stopped)
 
+    def stream_body(
+        self, slot: int, request: Request, resume: Callable[[], None]
+    ) -> BodySink | None:
+        """A streamed response's body goes, chunk by chunk, to its caller's stream."""
+        mode = request.headers.get(STREAMING_MODE_HEADER)
+        if mode is None or mode.lower() != "streaming" or request.method != "POST":
+            return None
+        path = request.path
+        if not (path.startswith(RESPONSE_PREFIX) and path.endswith(RESPONSE_SUFFIX)):
+            return None
+        request_id = path[len(RESPONSE_PREFIX) : -len(RESPONSE_SUFFIX)]
+        instance = self._core.instance_at(slot)
+        if instance is None:
+            return None
+        content_type = request.headers.get("content-type") or "application/octet-stream"
+        try:
+            stream = self._core.begin_stream(instance, request_id, content_type)
+        except RuntimeApiError:
+            return None  # the route answers the same refusal once the body is in
+        return StreamSink(self._core, instance, request_id, stream, resume)
+
     def response(self, request: Request, instance: Instance, request_id: str) -> Response:
+        if isinstance(request.sink, StreamSink):
+            return request.sink.answer()
         if request.body_too_large:
             return self._too_large(instance, request_id, request.body_size)
         self._core.complete(instance, request_id, InvocationResult(request.body))
@@ -221,6 +263,88 @@ class RuntimeApi:
         logger.warning("runtime init failed: %s", error_type)
         self._core.init_failed(instance, error_type, body)
         return accepted()
+
+
+class StreamSink:
+    """Takes a streamed response from the runtime's connection into the caller's stream,
+    and ends the invocation when the body ends (with the trailers' error, if any), grows
+    past Lambda's limit, or is cut off."""
+
+    __slots__ = ("_core", "_instance", "_request_id", "_stream", "_resume", "_size", "_ended")
+
+    def __init__(
+        self,
+        core: RuntimeCore,
+        instance: Instance,
+        request_id: str,
+        stream: ResponseStream,
+        resume: Callable[[], None],
+    ) -> None:
+        self._core = core
+        self._instance = instance
+        self._request_id = request_id
+        self._stream = stream
+        self._resume = resume
+        self._size = 0
+        self._ended: InvocationResult | None = None
+
+    def data(self, chunk: bytes) -> bool:
+        if self._ended is not None:
+            return True  # read and dropped
+        self._size += len(chunk)
+        if self._size > MAX_STREAMED_RESPONSE:
+            self._end(streamed_too_large(self._size))
+            return True
+        return self._stream.push(chunk, self._resume)
+
+    def end(self, request: Request) -> None:
+        if self._ended is not None:
+            return
+        headers = request.headers
+        error_type = headers.get(ERROR_TYPE_TRAILER)
+        if error_type is None:
+            self._end(InvocationResult(b""))
+            return
+        body = decode_error_body(headers.get(ERROR_BODY_TRAILER, ""))
+        self._end(InvocationResult(body or function_error_body(error_type, ""), error_type))
+
+    def abort(self) -> None:
+        if self._ended is None:
+            message = "The runtime's connection closed before its streamed response ended"
+            body = function_error_body("Runtime.TruncatedResponse", message)
+            self._end(InvocationResult(body, "Runtime.TruncatedResponse"))
+
+    def _end(self, result: InvocationResult) -> None:
+        self._ended = result
+        status = None if result.error_type is None else "error"
+        # Refused when the invocation ended already (timed out, or its runtime exited).
+        with contextlib.suppress(RuntimeApiError):
+            self._core.complete(self._instance, self._request_id, result, status)
+
+    def answer(self) -> Response:
+        """The runtime's answer once its body is in."""
+        ended = self._ended
+        if ended is not None and ended.error_type == "Function.ResponseSizeTooLarge":
+            message = f"Exceeded maximum allowed payload size ({MAX_STREAMED_RESPONSE} bytes)."
+            return render_error(PayloadTooLarge(message))
+        return accepted()
+
+
+def streamed_too_large(size: int) -> InvocationResult:
+    body = function_error_body(
+        "Function.ResponseSizeTooLarge",
+        f"Response payload size exceeded maximum allowed payload size ({MAX_STREAMED_RESPONSE}"
+        " bytes).",
+    )
+    return InvocationResult(body, "Function.ResponseSizeTooLarge")
+
+
+def decode_error_body(value: str) -> bytes:
+    """The error body of a mid-stream failure (base64 in its trailer; else as sent)."""
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return value.encode("latin-1", "replace")
 
 
 def next_response(invocation: Invocation) -> Response:
