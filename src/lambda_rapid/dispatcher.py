@@ -32,6 +32,7 @@ from lambda_rapid.streaming import Mode, ResponseStream, StreamedResult
 
 logger = logging.getLogger(__name__)
 
+STOPPED = frozenset({State.STOPPING, State.DEAD})
 # Events held in memory (without a broker) before further ones are refused.
 MAX_QUEUED_EVENTS = 1000
 MAX_QUEUED_EVENT_BYTES = 64 * 1024 * 1024
@@ -52,6 +53,18 @@ class Processes(Protocol):
 
 # Builds the pool, given the callback through which it reports every exit.
 ProcessesFactory = Callable[[ExitCallback], Processes]
+
+
+class Observer(Protocol):
+    """What the dispatcher tells its observer (the metrics, when METRICS_PORT is set)."""
+
+    def started(self, invocation: Invocation) -> None: ...
+
+    def ended(self, invocation: Invocation, result: InvocationResult) -> None: ...
+
+    def throttled(self) -> None: ...
+
+    def event_queued(self) -> None: ...
 
 
 def shutdown_result() -> InvocationResult:
@@ -112,6 +125,10 @@ class Dispatcher:
         self._reclaimer: asyncio.Task[None] | None = None
         self._stopping: set[asyncio.Task[None]] = set()
         self._closed = False
+        self.metrics: Observer | None = None
+        # Instances to stop at their next /next instead of giving them work (hot reload).
+        self._outdated: set[Instance] = set()
+        self._recycled: set[Instance] = set()
 
     def start(self) -> None:
         """Start the pool's and the dispatcher's own background work (idle reclaim)."""
@@ -127,6 +144,14 @@ class Dispatcher:
         return len(self._queue) + len(self._running)
 
     # -- what the Runtime API may ask ---------------------------------------------------
+
+    @property
+    def waiting(self) -> int:
+        """Invocations waiting for an instance."""
+        return len(self._queue)
+
+    def live_instances(self) -> list[Instance]:
+        return [i for i in self._slots if i is not None]
 
     def instance_at(self, slot: int) -> Instance | None:
         """The instance using Runtime API slot `slot`, if any."""
@@ -166,12 +191,16 @@ class Dispatcher:
         """
         size = len(invocation.payload)
         if self._events >= MAX_QUEUED_EVENTS or self._event_bytes + size > MAX_QUEUED_EVENT_BYTES:
+            if self.metrics is not None:
+                self.metrics.throttled()
             return False
         if self._closed:
             logger.warning("event invocation dropped at shutdown")
             return True
         self._events += 1
         self._event_bytes += size
+        if self.metrics is not None:
+            self.metrics.event_queued()
         self._enqueue(Job(invocation, None))
         return True
 
@@ -227,6 +256,8 @@ class Dispatcher:
         instance.assign(invocation)
         job.instance = instance
         self._running[instance] = job
+        if self.metrics is not None:
+            self.metrics.started(invocation)  # before an Event's clock restarts
         if job.timer is None:  # an Event: its time starts now
             invocation.started_at = time.time()
             loop = asyncio.get_running_loop()
@@ -245,6 +276,8 @@ class Dispatcher:
             if instance in self._idle:
                 self._idle.remove(instance)
             self._release(instance)
+        if self._outdated and instance in self._outdated:
+            return self._retire_outdated(instance)
         instance.ready()
         if instance.free:
             job = self._take_queued()
@@ -332,6 +365,8 @@ class Dispatcher:
                 logger.warning("event %s failed: %s", job.invocation.request_id, result.error_type)
         elif not future.done():
             future.set_result(result)
+        if self.metrics is not None:
+            self.metrics.ended(job.invocation, result)
 
     @staticmethod
     def _cancel_timer(job: Job) -> None:
@@ -375,6 +410,8 @@ class Dispatcher:
                 body = exit_error(job.invocation.request_id, description or "exit status 0")
                 self._fail_queued(job, InvocationResult(body, "Runtime.ExitError"))
         self._spawn_if_needed()
+        if instance in self._recycled or instance in self._outdated:
+            self._replace(instance)
 
     def _free_slot(self, instance: Instance) -> None:
         if self._slots[instance.slot] is instance:
@@ -405,6 +442,41 @@ class Dispatcher:
             self._release(instance)
             logger.debug("reclaiming idle instance %s", instance)
             self._stop_in_background(instance, grace=2.0)
+
+    # -- recycling (hot reload) ---------------------------------------------------------
+
+    def recycle(self) -> list[Instance]:
+        """Replace every instance (the function's code changed): idle ones at once, the
+        others when they next ask for work. Returns the instances that will restart."""
+        doomed = [i for i in self._slots if i is not None and i.state not in STOPPED]
+        for instance in doomed:
+            if instance in self._idle:
+                self._idle.remove(instance)
+                self._retire(instance)
+            else:
+                self._outdated.add(instance)
+        return doomed
+
+    def _retire(self, instance: Instance) -> None:
+        instance.stopping()
+        self._release(instance)
+        self._recycled.add(instance)
+        self._stop_in_background(instance, grace=2.0)
+
+    def _retire_outdated(self, instance: Instance) -> asyncio.Future[Invocation]:
+        """An outdated instance asked for work: stop it instead (its /next fails)."""
+        self._outdated.discard(instance)
+        self._retire(instance)
+        refused: asyncio.Future[Invocation] = asyncio.get_running_loop().create_future()
+        refused.set_exception(InstanceStopped())
+        return refused
+
+    def _replace(self, instance: Instance) -> None:
+        """A recycled instance exited: start its successor, so the new code is warm."""
+        self._recycled.discard(instance)
+        self._outdated.discard(instance)
+        if not self._queue and self._free_slots and not self._closed:
+            self._spawn()
 
     def _stop_in_background(self, instance: Instance, grace: float) -> None:
         task = asyncio.get_running_loop().create_task(self._processes.stop(instance, grace))

@@ -225,6 +225,8 @@ class Connections(set["HttpProtocol"]):
     """A server's open connections; says once when there are too many."""
 
     full = False
+    # Told the status of every answer (metrics, when METRICS_PORT is set).
+    answered: Callable[[int], None] | None = None
 
     def admit(self, connection: HttpProtocol, limit: int) -> bool:
         if len(self) < limit:
@@ -267,6 +269,7 @@ class HttpProtocol(asyncio.Protocol):
         self._max_body = limits.max_body
         self._max_body_digits = len(str(limits.max_body))
         self._connections = connections
+        self._tell_status: Callable[[int], None] | None = getattr(connections, "answered", None)
         self.last_active = time.monotonic()
         # When the request being received began (0.0: none is), for the request deadline.
         self.receiving_since = 0.0
@@ -610,6 +613,8 @@ class HttpProtocol(asyncio.Protocol):
             return
         transport.write(response.encode(keep_alive, head))
         self.last_active = time.monotonic()
+        if self._tell_status is not None:
+            self._tell_status(response.status)
         if isinstance(response, StreamedResponse):
             self._busy = True
             self._pump = asyncio.get_running_loop().create_task(
@@ -790,6 +795,10 @@ class HttpServer:
         if self._sweeper is None:
             self._sweep_later()
         self._servers.append(await loop.create_server(self._factory, sock=sock, backlog=1024))
+
+    def observe_answers(self, answered: Callable[[int], None]) -> None:
+        """Have `answered` told the status of every answer from now on."""
+        self._connections.answered = answered
 
     def drop_connections(self) -> None:
         """Abort every open connection, answered or not."""

@@ -263,6 +263,10 @@ class InvokeApi:
     def stop_accepting(self) -> None:
         self._accepting = False
 
+    def observe_answers(self, answered: Callable[[int], None]) -> None:
+        """Have `answered` told the status of every answer (metrics)."""
+        self._server.observe_answers(answered)
+
     async def close(self) -> None:
         self._server.close()
 
