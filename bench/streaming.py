@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from botocore.eventstream import EventStreamBuffer
+from botocore.eventstream import EventStreamBuffer  # type: ignore[import-untyped]
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME = ROOT / "tests" / "e2e" / "functions" / "stream_runtime.py"
