@@ -218,6 +218,7 @@ class DaemonConfig:
     enable_openfaas: bool = False
     runtime_api_peer_check: bool = True
     runtime_user: RuntimeUser | None = None
+    extensions_dir: str = "/opt/extensions"
     metrics_port: int | None = None
     watch: bool = False
 
@@ -280,6 +281,7 @@ def daemon_config(argv: Sequence[str], environ: Mapping[str, str] | None = None)
         enable_openfaas=values[settings.ENABLE_OPENFAAS],
         runtime_api_peer_check=values[settings.RUNTIME_API_PEER_CHECK],
         runtime_user=values.get(settings.RUNTIME_USER),
+        extensions_dir=values[settings.EXTENSIONS_DIR],
         metrics_port=values.get(settings.METRICS_PORT),
         watch=values[settings.WATCH],
     )

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from lambda_rapid.config import DaemonConfig
 from lambda_rapid.dispatcher import Dispatcher
+from lambda_rapid.extensions_api import ExtensionsApi
 from lambda_rapid.invoke_api import InvokeApi, LocalBackend, Watchdog
 from lambda_rapid.lifecycle import Lifecycle
 from lambda_rapid.pool import Pool
@@ -50,7 +51,10 @@ class Daemon:
         self.dispatcher = Dispatcher(
             config, reporter, slot_addresses(slots), functools.partial(Pool, config)
         )
-        self.runtime_api = RuntimeApi(config, slots, self.dispatcher)
+        # Extensions: their registry, lifecycle observer and Telemetry/Logs hooks.
+        self.extensions = self.dispatcher.hub
+        extensions_api = ExtensionsApi(self.extensions, self.dispatcher)
+        self.runtime_api = RuntimeApi(config, slots, self.dispatcher, extensions_api)
         self.consumer = self._amqp_consumer()
         self.backend = LocalBackend(
             config, self.dispatcher, self.consumer.publish_event if self.consumer else None

@@ -17,15 +17,18 @@ init error).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Protocol
 
 from lambda_rapid.config import DaemonConfig
 from lambda_rapid.errors import exit_error, function_error_body, timeout_error
-from lambda_rapid.instance import COMING, ExitCallback, Instance, State, log_stream_name
+from lambda_rapid.extensions import Extension, ExtensionSet, Hub, discover
+from lambda_rapid.extensions import Observer as ExtensionsObserver
+from lambda_rapid.instance import COMING, HOLDING, ExitCallback, Instance, State, log_stream_name
 from lambda_rapid.invocation import Invocation, InvocationResult
 from lambda_rapid.reports import Reporter
 from lambda_rapid.streaming import Mode, ResponseStream, StreamedResult
@@ -36,6 +39,10 @@ STOPPED = frozenset({State.STOPPING, State.DEAD})
 # Events held in memory (without a broker) before further ones are refused.
 MAX_QUEUED_EVENTS = 1000
 MAX_QUEUED_EVENT_BYTES = 64 * 1024 * 1024
+# With extensions: how long processes get between SIGTERM (after the SHUTDOWN phase) and
+# SIGKILL.
+SIGKILL_AFTER = 0.3
+
 
 class Processes(Protocol):
     """What the dispatcher needs of the process pool."""
@@ -110,8 +117,13 @@ class Dispatcher:
         reporter: Reporter,
         slot_addresses: Sequence[str],
         processes: ProcessesFactory,
+        hub: Hub | None = None,
     ) -> None:
         self._config = config
+        handler = config.handler or ""
+        self.hub = hub or Hub(
+            config.function_name, config.function_version, handler, config.account_id
+        )
         self._reporter = reporter
         self._addresses = list(slot_addresses)
         self._slots: list[Instance | None] = [None] * len(self._addresses)
@@ -159,7 +171,7 @@ class Dispatcher:
 
     def pids(self) -> frozenset[int]:
         """The runtime process of every instance that has one."""
-        return frozenset(i.pid for i in self._slots if i is not None and i.pid is not None)
+        return frozenset(pid for i in self._slots if i is not None for pid in i.roots())
 
     # -- the caller's side ------------------------------------------------------------
 
@@ -249,6 +261,11 @@ class Dispatcher:
         log_stream = log_stream_name(self._config.function_version)
         instance = Instance(slot, self._addresses[slot], log_stream)
         self._slots[slot] = instance
+        paths = discover(self._config.extensions_dir)
+        if paths:
+            self.extensions_of(instance).to_start = paths
+        if self.hub.observer is not None:
+            self.hub.observer.init_start(instance)
         self._processes.spawn(instance)
 
     def _start(self, instance: Instance, job: Job) -> None:
@@ -263,6 +280,10 @@ class Dispatcher:
             loop = asyncio.get_running_loop()
             job.timer = loop.call_later(invocation.timeout, self._on_deadline, job)
         self._reporter.start(invocation, instance.output)
+        if instance.extensions is not None:
+            instance.extensions.invoke(invocation)
+        if self.hub.observer is not None:
+            self.hub.observer.invoke_start(instance, invocation)
 
     # -- the runtime's side -------------------------------------------------------------
 
@@ -279,6 +300,8 @@ class Dispatcher:
         if self._outdated and instance in self._outdated:
             return self._retire_outdated(instance)
         instance.ready()
+        if instance.init_duration_ms is None or instance.extensions is not None:
+            self._init_moments(instance)
         if instance.free:
             job = self._take_queued()
             if job is not None:
@@ -299,7 +322,10 @@ class Dispatcher:
     ) -> None:
         """The runtime answered (response or error) for `request_id`."""
         instance.answer(request_id)
-        self._end(instance, self._running.pop(instance), result, status)
+        job = self._running.pop(instance)
+        self._end(instance, job, result, status)
+        if instance.extensions is not None and not instance.extensions.idle:
+            self._arm_overdue(instance, job.invocation)
 
     def begin_stream(
         self, instance: Instance, request_id: str, content_type: str
@@ -330,6 +356,151 @@ class Dispatcher:
             self._fail_queued(job, InvocationResult(body, error_type))
         self._stop_in_background(instance, grace=1.0)
 
+    # -- extensions ---------------------------------------------------------------------
+
+    def extensions_of(self, instance: Instance) -> ExtensionSet:
+        """The instance's extensions (created with the first)."""
+        if instance.extensions is None:
+            instance.extensions = ExtensionSet(
+                instance, self._extensions_idle, self._extension_exited, self.hub
+            )
+        return instance.extensions
+
+    def _extensions_idle(self, instance: Instance) -> None:
+        """Every extension of the instance called event/next: it may be free now."""
+        extensions = instance.extensions
+        if extensions is not None and extensions.overdue is not None:
+            extensions.overdue.cancel()
+            extensions.overdue = None
+        if instance.state is not State.IDLE:
+            return
+        self._init_moments(instance)
+        waiter = instance.waiter
+        if waiter is None or waiter.done() or instance in self._idle:
+            return
+        job = self._take_queued()
+        if job is None:
+            self._idle.append(instance)
+            return
+        instance.waiter = None
+        self._start(instance, job)
+        waiter.set_result(job.invocation)
+
+    def _init_moments(self, instance: Instance) -> None:
+        """Init ends when the runtime and every extension wait for work."""
+        if instance.init_duration_ms is not None:
+            return
+        duration = instance.settle_init()
+        observer = self.hub.observer
+        if observer is not None and duration is not None:
+            observer.runtime_init_done(instance, None)
+            observer.init_report(instance, duration, None)
+
+    def _arm_overdue(self, instance: Instance, invocation: Invocation) -> None:
+        """Extensions still work on an answered invocation: its deadline still applies."""
+        extensions = instance.extensions
+        assert extensions is not None
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, invocation.deadline_epoch - time.time())
+        extensions.overdue = loop.call_later(delay, self._extensions_overdue, instance)
+
+    def _extensions_overdue(self, instance: Instance) -> None:
+        if instance.extensions is not None:
+            instance.extensions.overdue = None
+        if instance.state in STOPPED:
+            return
+        logger.info("extensions of %s passed the invocation's deadline; resetting it", instance)
+        self._reset(instance, "timeout")
+
+    def _reset(self, instance: Instance, reason: str) -> None:
+        """Stop an instance that took no invocation yet or has answered its last."""
+        if instance in self._idle:
+            self._idle.remove(instance)
+        held = instance.stopping()
+        self._release(instance)
+        if held is not None:  # not expected: callers fail held invocations first
+            self._end(instance, self._running.pop(instance), extension_crash(held), "error")
+        self._stop_in_background(instance, SIGKILL_AFTER, reason)
+
+    def extension_error(
+        self, instance: Instance, extension: Extension, error_type: str, body: bytes
+    ) -> None:
+        """An extension posted init/error or exit/error."""
+        if instance.state is State.STARTING:
+            self.init_failed(instance, error_type, body)
+        elif instance.state not in STOPPED:
+            self._fail_held(instance, InvocationResult(body, error_type))
+            self._reset(instance, "failure")
+
+    def _extension_exited(self, instance: Instance, name: str, description: str | None) -> None:
+        """The pool saw an external extension's process exit."""
+        extensions = instance.extensions
+        assert extensions is not None
+        member = extensions.exited(name)
+        observer = self.hub.observer
+        if observer is not None and member is not None:
+            observer.extension_exited(instance, member, description)
+        state = instance.state
+        if state is State.STARTING:
+            message = f"Extension {name} exited: {description or 'exit status 0'}"
+            body = function_error_body("Extension.Crash", message)
+            self.init_failed(instance, "Extension.Crash", body)
+        elif state is State.DEAD:
+            if not extensions.pids():
+                self._free_slot(instance)
+                self._spawn_if_needed()
+        elif state is not State.STOPPING:
+            logger.warning("extension %s exited (%s); resetting %s", name, description, instance)
+            held = self._running.get(instance)
+            if held is not None:
+                self._fail_held(instance, extension_crash(held.invocation))
+            self._reset(instance, "failure")
+
+    def _fail_held(self, instance: Instance, result: InvocationResult) -> None:
+        if instance.state in HOLDING:
+            instance.stopping()
+            self._end(instance, self._running.pop(instance), result, "error")
+
+    async def _shut_down(
+        self,
+        instance: Instance,
+        extensions: ExtensionSet,
+        reason: str,
+        stop: Coroutine[object, object, None],
+    ) -> None:
+        """SHUTDOWN to the extensions, up to Lambda's limit, then the processes' stop."""
+        limit = extensions.shutdown_limit
+        done = extensions.shutdown(reason, limit)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), limit)
+        await stop
+        extensions.release()
+        self.hub.forget(extensions)
+
+    async def _spin_down(self, instance: Instance) -> None:
+        """At daemon shutdown: SHUTDOWN (spindown) to a live instance's extensions."""
+        extensions = instance.extensions
+        if extensions is None or not extensions.members or instance.state in STOPPED:
+            return
+        instance.stopping()
+        self._release(instance)
+        limit = extensions.shutdown_limit
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(extensions.shutdown("spindown", limit).wait(), limit)
+
+    def _report_to(
+        self,
+        observer: ExtensionsObserver,
+        instance: Instance,
+        invocation: Invocation,
+        result: InvocationResult,
+        status: str | None,
+    ) -> None:
+        word = "success" if result.error_type is None else status or "error"
+        duration = (time.monotonic() - invocation.invoked_at) * 1000
+        observer.runtime_done(instance, invocation, word, result.error_type)
+        observer.report(instance, invocation, duration, word, result.error_type)
+
     # -- ending jobs --------------------------------------------------------------------
 
     def _end(
@@ -344,6 +515,8 @@ class Dispatcher:
             self._reporter.end(invocation, output, status)
         result.log_tail = output.stop()
         result.executed_version = self._config.function_version
+        if self.hub.observer is not None:
+            self._report_to(self.hub.observer, instance, invocation, result, status)
         self._resolve(job, result)
 
     def _fail_queued(self, job: Job, result: InvocationResult) -> None:
@@ -391,7 +564,10 @@ class Dispatcher:
         instance.stopping()
         del self._running[instance]
         self._end(instance, job, result, "timeout")
-        self._processes.kill(instance)
+        if instance.extensions is not None and instance.extensions.members:
+            self._stop_in_background(instance, SIGKILL_AFTER, "timeout")
+        else:
+            self._processes.kill(instance)
 
     def on_instance_exit(self, instance: Instance, description: str | None) -> None:
         """Called by the pool when a runtime process has exited (or could not start)."""
@@ -400,7 +576,10 @@ class Dispatcher:
         self._release(instance)
         if instance in self._idle:
             self._idle.remove(instance)
-        self._free_slot(instance)
+        if instance.extensions is None or not instance.extensions.pids():
+            self._free_slot(instance)
+        elif was is not State.STOPPING:  # a reset: its extensions get SHUTDOWN first
+            self._stop_in_background(instance, SIGKILL_AFTER, "failure")
         if held is not None:
             result = exit_result(held, description)
             self._end(instance, self._running.pop(instance), result, "error")
@@ -478,8 +657,14 @@ class Dispatcher:
         if not self._queue and self._free_slots and not self._closed:
             self._spawn()
 
-    def _stop_in_background(self, instance: Instance, grace: float) -> None:
-        task = asyncio.get_running_loop().create_task(self._processes.stop(instance, grace))
+    def _stop_in_background(
+        self, instance: Instance, grace: float, reason: str = "spindown"
+    ) -> None:
+        stop = self._processes.stop(instance, grace)
+        extensions = instance.extensions
+        if extensions is not None and extensions.members:
+            stop = self._shut_down(instance, extensions, reason, stop)
+        task = asyncio.get_running_loop().create_task(stop)
         self._stopping.add(task)
         task.add_done_callback(self._stopping.discard)
 
@@ -504,9 +689,15 @@ class Dispatcher:
             if job.future is None:
                 logger.warning("event invocation dropped at shutdown")
             self._fail_queued(job, shutdown_result())
+        await asyncio.gather(*(self._spin_down(i) for i in self._slots if i is not None))
         await self._processes.stop_all(grace)
         if self._stopping:
             await asyncio.gather(*self._stopping, return_exceptions=True)
+
+
+def extension_crash(held: Invocation) -> InvocationResult:
+    message = f"RequestId: {held.request_id} Error: an extension exited"
+    return InvocationResult(function_error_body("Extension.Crash", message), "Extension.Crash")
 
 
 def exit_result(held: Invocation, description: str | None) -> InvocationResult:

@@ -14,10 +14,14 @@ import enum
 import secrets
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from lambda_rapid.errors import InvalidRequestId, InvalidStateTransition
 from lambda_rapid.invocation import Invocation
 from lambda_rapid.output import LogCapture
+
+if TYPE_CHECKING:
+    from lambda_rapid.extensions import ExtensionSet
 
 
 class State(enum.Enum):
@@ -76,6 +80,7 @@ class Instance:
         "idle_since",
         "served",
         "output",
+        "extensions",
     )
 
     def __init__(self, slot: int, runtime_api: str, log_stream: str) -> None:
@@ -92,6 +97,7 @@ class Instance:
         self.idle_since = self.spawned_at
         self.served = 0
         self.output = LogCapture()
+        self.extensions: ExtensionSet | None = None  # None: no extension, nothing to wait for
 
     def __repr__(self) -> str:
         return f"<Instance slot={self.slot} pid={self.pid} {self.state.value}>"
@@ -113,16 +119,29 @@ class Instance:
         stream ended: /next is refused in STREAMING), and each of its extensions waits in
         event/next.
         """
-        return self.state is State.IDLE
+        return self.state is State.IDLE and (self.extensions is None or self.extensions.idle)
+
+    def roots(self) -> list[int]:
+        """Its runtime and external extension processes (each leads its own session)."""
+        found = [] if self.pid is None else [self.pid]
+        if self.extensions is not None:
+            found.extend(self.extensions.pids())
+        return found
+
+    def settle_init(self) -> float | None:
+        """Init ends when the runtime and every extension wait for work (Lambda's Init);
+        its duration once it has."""
+        if self.init_duration_ms is None and self.free:
+            self.init_duration_ms = (time.monotonic() - self.spawned_at) * 1000
+        return self.init_duration_ms
 
     def ready(self) -> None:
         """The runtime called /next."""
         was = self.state
         self._move("Ready")
-        now = time.monotonic()
+        self.idle_since = time.monotonic()
         if was is State.STARTING:
-            self.init_duration_ms = (now - self.spawned_at) * 1000
-        self.idle_since = now
+            self.settle_init()
 
     def assign(self, invocation: Invocation) -> None:
         """Hand an invocation to this (idle) instance."""

@@ -29,11 +29,13 @@ from typing import cast
 
 from lambda_rapid.config import DaemonConfig, instance_environ
 from lambda_rapid.credentials import hand_over, switch_user
-from lambda_rapid.instance import ExitCallback, Instance
+from lambda_rapid.extensions import ExtensionSet, extension_environ
+from lambda_rapid.instance import ExitCallback, Instance, State
 from lambda_rapid.output import STDERR, STDOUT, open_output_pipe
 from lambda_rapid.peers import MAX_PROCESSES, children_of, session_of
 
 logger = logging.getLogger(__name__)
+
 
 def describe_exit(returncode: int) -> str | None:
     """Lambda's wording for an exit: "exit status 1", "signal: killed"; None for 0."""
@@ -132,6 +134,32 @@ class InstanceProcess(asyncio.SubprocessProtocol):
         self.on_exit(self)
 
 
+class ExtensionProcess(asyncio.SubprocessProtocol):
+    """Receives one external extension's exit; its output comes through its own pipes."""
+
+    def __init__(self, instance: Instance, name: str, on_exit: Callable[[ExtensionProcess], None]):
+        self.instance = instance
+        self.name = name
+        self.on_exit = on_exit
+        self.pid: int | None = None
+        self.transport: asyncio.SubprocessTransport | None = None
+        self.exited = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.SubprocessTransport, transport)
+        self.pid = self.transport.get_pid()
+
+    def process_exited(self) -> None:
+        assert self.transport is not None
+        if not self.exited.done():
+            self.exited.set_result(self.transport.get_returncode())
+        self.on_exit(self)
+
+
+# How long external extensions may take to register before the runtime starts anyway.
+REGISTRATION_LIMIT = 10.0
+
+
 class Pool:
     """Owns runtime processes: starting, signalling, reaping them and their orphans."""
 
@@ -147,6 +175,7 @@ class Pool:
         self._reaper: asyncio.Task[None] | None = None
         # Processes seen in an instance's tree, so that they can be found once orphaned.
         self._members: dict[int, Instance] = {}
+        self._extensions: dict[int, ExtensionProcess] = {}  # by pid
 
     def start(self) -> None:
         """Reap orphans in the background when they come to the daemon."""
@@ -162,6 +191,15 @@ class Pool:
 
     async def _start(self, instance: Instance) -> None:
         env = instance_environ(self._config, instance.runtime_api, instance.log_stream)
+        env["_INSTANCE"] = str(instance.slot)
+        extensions = instance.extensions
+        if extensions is not None and extensions.to_start:
+            await self._start_extensions(instance, extensions, env)
+            if instance.state is not State.STARTING or instance in self._doomed:
+                self._launching.discard(instance)
+                self._doomed.discard(instance)
+                self._on_exit(instance, None)  # init failed: its runtime never starts
+                return
         loop = asyncio.get_running_loop()
         stdout, stdout_fd = await open_output_pipe(STDOUT, instance.output)
         stderr, stderr_fd = await open_output_pipe(STDERR, instance.output)
@@ -199,6 +237,66 @@ class Pool:
             self.kill(instance)
         logger.debug("started instance %s", instance)
 
+    async def _start_extensions(
+        self, instance: Instance, extensions: ExtensionSet, runtime_env: dict[str, str]
+    ) -> None:
+        """Start the external extensions; return once each registered or exited."""
+        env = extension_environ(runtime_env)
+        for path in extensions.to_start:
+            await self._start_extension(instance, extensions, path, env)
+        try:
+            await asyncio.wait_for(extensions.registered.wait(), REGISTRATION_LIMIT)
+        except TimeoutError:
+            logger.warning("extensions of %s did not all register; starting its runtime", instance)
+
+    async def _start_extension(
+        self, instance: Instance, extensions: ExtensionSet, path: str, env: dict[str, str]
+    ) -> None:
+        name = os.path.basename(path)
+        capture = extensions.output(name)
+        stdout, stdout_fd = await open_output_pipe(STDOUT, capture)
+        stderr, stderr_fd = await open_output_pipe(STDERR, capture)
+        capture.attach(stdout, stderr)
+        hand_over(self._config.runtime_user, stdout_fd, stderr_fd)
+        loop = asyncio.get_running_loop()
+        extensions.expect(name)
+        try:
+            _, protocol = await loop.subprocess_exec(
+                lambda: ExtensionProcess(instance, name, self._extension_exited),
+                path,
+                stdin=subprocess.DEVNULL,
+                stdout=stdout_fd,
+                stderr=stderr_fd,
+                env=env,
+                start_new_session=True,
+                preexec_fn=functools.partial(
+                    before_exec, self._me, switch_user(self._config.runtime_user)
+                ),
+            )
+        except OSError as exc:
+            logger.error("cannot start extension %s: %s", path, exc)
+            extensions.process_exited(name, f"{exc.strerror or exc}")
+            return
+        finally:
+            os.close(stdout_fd)
+            os.close(stderr_fd)
+        assert protocol.pid is not None
+        self._extensions[protocol.pid] = protocol
+        extensions.started(name, protocol.pid)
+
+    def _extension_exited(self, process: ExtensionProcess) -> None:
+        if process.transport is not None:
+            process.transport.close()
+        returncode = process.transport.get_returncode() if process.transport else None
+        if process.pid is not None:
+            self._extensions.pop(process.pid, None)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)  # what it started goes with it
+        description = describe_exit(returncode if returncode is not None else -9)
+        extensions = process.instance.extensions
+        if extensions is not None:
+            extensions.process_exited(process.name, description)
+
     def _process_exited(self, process: InstanceProcess) -> None:
         instance = process.instance
         returncode = process.transport.get_returncode() if process.transport else None
@@ -213,7 +311,9 @@ class Pool:
         self._on_exit(instance, description)
 
     def _roots(self) -> set[int]:
-        return {i.pid for i in self._processes if i.pid is not None}
+        roots = {i.pid for i in self._processes if i.pid is not None}
+        roots.update(self._extensions)
+        return roots
 
     def _orphans(self) -> list[int]:
         """Children of the daemon that are not runtimes: descendants re-parented to it."""
@@ -222,10 +322,10 @@ class Pool:
 
     def _tree(self, instance: Instance) -> list[int]:
         """Every process of a live instance the daemon can find, remembered for later."""
-        assert instance.pid is not None
-        found = tree_of(instance.pid)
+        roots = instance.roots()
+        found = [pid for root in roots for pid in tree_of(root)]
         for orphan in self._orphans():
-            if self._members.get(orphan) is instance or session_of(orphan) == instance.pid:
+            if self._members.get(orphan) is instance or session_of(orphan) in roots:
                 found.extend(tree_of(orphan))
         for pid in found:
             self._members[pid] = instance
@@ -250,6 +350,11 @@ class Pool:
         with contextlib.suppress(ProcessLookupError, PermissionError):  # already gone
             os.killpg(instance.pid, signum)
 
+    def _extension_processes(self, instance: Instance) -> list[ExtensionProcess]:
+        if instance.extensions is None:
+            return []
+        return [p for p in self._extensions.values() if p.instance is instance]
+
     def kill(self, instance: Instance) -> None:
         """SIGKILL the instance's processes at once (timeouts, failed inits)."""
         self._signal(instance, signal.SIGKILL)
@@ -257,7 +362,10 @@ class Pool:
     def _signal(self, instance: Instance, signum: signal.Signals) -> None:
         """Signal the instance's process group and every process found in its tree."""
         self._signal_group(instance, signum)
-        if instance.pid is not None and instance in self._processes:
+        for pid in [p.pid for p in self._extension_processes(instance) if p.pid is not None]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signum)
+        if instance.roots() and (instance in self._processes or instance.extensions):
             for pid in self._tree(instance):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signum)
@@ -265,16 +373,18 @@ class Pool:
     async def stop(self, instance: Instance, grace: float) -> None:
         """SIGTERM its processes, wait up to `grace` seconds, then SIGKILL them."""
         process = self._processes.get(instance)
-        if process is None:
-            if instance in self._launching:
-                self._doomed.add(instance)  # killed as soon as its process exists
+        if instance in self._launching:
+            self._doomed.add(instance)  # killed as soon as its process exists
+        exits = [p.exited for p in self._extension_processes(instance)]
+        if process is not None:
+            exits.append(process.exited)
+        if not exits:
             return
         self._signal(instance, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(asyncio.shield(process.exited), grace)
-        except TimeoutError:
+        _, running = await asyncio.wait([asyncio.shield(e) for e in exits], timeout=grace)
+        if running:
             self._signal(instance, signal.SIGKILL)
-            await process.exited
+            await asyncio.gather(*exits)
 
     async def stop_all(self, grace: float) -> None:
         """Stop every instance (shutdown), including any still being started."""
@@ -282,7 +392,8 @@ class Pool:
             self._reaper.cancel()
         if self._starting:
             await asyncio.gather(*self._starting, return_exceptions=True)
-        await asyncio.gather(*(self.stop(i, grace) for i in list(self._processes)))
+        instances = set(self._processes) | {p.instance for p in self._extensions.values()}
+        await asyncio.gather(*(self.stop(i, grace) for i in instances))
         orphans = self._orphans()
         kill_all(orphans)
         for _ in range(20):  # killed processes become zombies within moments

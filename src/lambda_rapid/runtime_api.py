@@ -29,6 +29,7 @@ from lambda_rapid.errors import (
     function_error_body,
     response_too_large_error,
 )
+from lambda_rapid.extensions_api import ExtensionsApi
 from lambda_rapid.futures import chain
 from lambda_rapid.httpserver import BodySink, HttpServer, Request, Response
 from lambda_rapid.instance import Instance
@@ -127,9 +128,14 @@ class RuntimeApi:
     """Runtime API listeners (one per slot) and their route handlers."""
 
     def __init__(
-        self, config: DaemonConfig, sockets: Sequence[socket.socket], core: RuntimeCore
+        self,
+        config: DaemonConfig,
+        sockets: Sequence[socket.socket],
+        core: RuntimeCore,
+        extensions: ExtensionsApi | None = None,
     ) -> None:
         self._core = core
+        self._extensions = extensions  # the Extensions API: every path outside PREFIX
         self._sockets = sockets
         self._servers: list[asyncio.Server] = []
         self._peers = self._peer_check(config.runtime_api_peer_check)
@@ -170,12 +176,14 @@ class RuntimeApi:
         instance = self._core.instance_at(slot)
         if self._peers is None:
             return instance
-        if instance is None or instance.pid is None:
-            return None  # its runtime does not exist yet: nobody can be it
+        mine = instance.roots() if instance is not None else []
+        if instance is None or not mine:
+            return None  # none of its processes exists yet: nobody can be it
         client = transport.get_extra_info("peername")
         server = transport.get_extra_info("sockname")
         roots = self._core.pids()
-        if client and server and self._peers.belongs(client, server, instance.pid, roots):
+        # The runtime and each external extension lead their own sessions.
+        if client and server and any(self._peers.belongs(client, server, r, roots) for r in mine):
             return instance
         logger.warning("refused a Runtime API client that is not the runtime's: %s", client)
         return None
@@ -190,6 +198,8 @@ class RuntimeApi:
             return render_error(RuntimeApiError("No runtime instance is using this address"))
         path = request.path
         if not path.startswith(PREFIX):
+            if self._extensions is not None:
+                return self._extensions.handle(instance, request)
             return NOT_FOUND()
         route = path[len(PREFIX) :]
         try:

@@ -332,6 +332,16 @@ RUNTIME_USER = Setting(
     "(unset: the daemon's user)",
 )
 
+EXTENSIONS_DIR = Setting(
+    "extensions_dir",
+    "LAMBDA_EXTENSIONS_DIR",
+    "--extensions-dir",
+    str,
+    "/opt/extensions",
+    "directory whose executables start as external Lambda extensions with each instance "
+    "(none when disable-extensions-jwigqn8j exists in its parent directory)",
+)
+
 DAEMON_SETTINGS: tuple[Setting[Any], ...] = (
     INVOKE_API_HOST,
     PORT,
@@ -351,6 +361,7 @@ DAEMON_SETTINGS: tuple[Setting[Any], ...] = (
     ACCOUNT_ID,
     SHUTDOWN_GRACE,
     RUNTIME_USER,
+    EXTENSIONS_DIR,
 )
 
 AMQP_URI = Setting(
