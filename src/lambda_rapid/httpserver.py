@@ -202,16 +202,6 @@ def plain_refusal(status: int) -> Response:
     return Response(status, HTTPStatus(status).phrase.encode(), {"Content-Type": "text/plain"})
 
 
-def split_target(url: bytes) -> tuple[bytes, bytes]:
-    """The path and query of a request target, still percent-encoded."""
-    if url.startswith(b"/"):  # origin form, as nearly every client sends
-        path, _, query = url.partition(b"?")
-        query, _, _ = query.partition(b"#")
-        return path, query
-    parsed = httptools.parse_url(url)
-    return parsed.path or b"/", parsed.query or b""
-
-
 Handler = Callable[[Request], "Response | Awaitable[Response]"]
 ErrorRenderer = Callable[[Exception], Response]
 Refusal = Callable[[int], Response]
@@ -497,7 +487,12 @@ class HttpProtocol(asyncio.Protocol):
             self._stop(self._refuse(431))
 
     def _new_request(self, url: bytes) -> Request:
-        path, query = split_target(url)
+        if url.startswith(b"/"):  # origin form, as every client here sends
+            path, _, query = url.partition(b"?")
+            query, _, _ = query.partition(b"#")
+        else:
+            parsed = httptools.parse_url(url)
+            path, query = parsed.path or b"/", parsed.query or b""
         method = self._parser.get_method().decode("latin-1")
         return Request(method, path.decode("latin-1"), query.decode("latin-1"), self._headers)
 
@@ -689,8 +684,8 @@ class HttpProtocol(asyncio.Protocol):
 
 class ProxyProtocol(HttpProtocol):
     """A connection whose requests are ``FullRequest``s: what a proxy needs to pass a
-    request on whole. Text is decoded as UTF-8 (undecodable bytes kept as surrogate
-    escapes); the head size counts every header, repeats included."""
+    request on whole. Header values are decoded as UTF-8 (undecodable bytes kept as
+    surrogate escapes); the head size counts every header, repeats included."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -719,15 +714,15 @@ class ProxyProtocol(HttpProtocol):
             self._stop(self._refuse(431))
 
     def _new_request(self, url: bytes) -> Request:
-        path, query = split_target(url)
-        parser = self._parser
+        # The target is ASCII (httptools refuses other bytes there): no decoding to redo.
+        plain = super()._new_request(url)
         return FullRequest(
-            parser.get_method().decode("latin-1"),
-            path.decode("utf-8", "surrogateescape"),
-            query.decode("utf-8", "surrogateescape"),
+            plain.method,
+            plain.path,
+            plain.query,
             self._headers,
             self._header_list,
-            parser.get_http_version(),
+            self._parser.get_http_version(),
             self._peer,
         )
 
