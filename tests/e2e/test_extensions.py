@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.conftest import FUNCTIONS, alive, ok, poll, read_response
+from tests.e2e.conftest import FUNCTIONS, PYTHON_RIC, alive, ok, poll, read_response
 
 RECORDER = FUNCTIONS / "extension_recorder.py"
 
@@ -132,3 +132,52 @@ def test_instances_have_their_own_extensions(start_daemon: Any, tmp_path: Path) 
     assert {i for v in seen.values() for i in v} == ids
     pids = {poll(lambda s=slot: records(log, s) and records(log, s)[0]["pid"]) for slot in range(3)}
     assert len(pids) == 3
+
+
+def test_internal_extension_and_register_errors(start_daemon: Any, tmp_path: Path) -> None:
+    daemon = start_daemon([*PYTHON_RIC, "internal_ext.handler"], env=extension_env(tmp_path))
+    first = ok(daemon.invoke({}))
+    assert first["answers"] == {
+        "missing_name": [403, "Extension.InvalidExtensionName"],
+        "unknown_event": [403, "Extension.InvalidEventType"],
+        "internal_shutdown": [403, "Extension.InvalidEventType"],
+        "missing_identifier": [403, "Extension.MissingExtensionIdentifier"],
+        "invalid_identifier": [403, "Extension.InvalidExtensionIdentifier"],
+        "unknown_identifier": [403, "Extension.UnknownExtensionIdentifier"],
+    }
+    assert first["registered"][0] == 200
+    assert "accountId" not in first["registered"][1]
+    assert first["late"] == [403, "Extension.RegistrationClosed"]
+    assert first["instance"] == "0"
+    # The next invocation starts only once the agent called next again: it saw the first.
+    second = ok(daemon.invoke({}))
+    assert first["request_id"] in second["events"]
+
+
+def test_bash_curl_extension(start_daemon: Any, tmp_path: Path) -> None:
+    directory = tmp_path / "opt" / "extensions"
+    directory.mkdir(parents=True)
+    script = directory / "bash-agent"
+    log = tmp_path / "bash.log"
+    script.write_text(
+        "#!/bin/bash\n"
+        "set -e\n"
+        'base="http://${AWS_LAMBDA_RUNTIME_API}/2020-01-01/extension"\n'
+        'id=$(curl -sS -D - -o /dev/null -X POST "$base/register" '
+        '-H \'Lambda-Extension-Name: bash-agent\' -d \'{"events":["INVOKE","SHUTDOWN"]}\' '
+        "| tr -d '\\r' | sed -n 's/^[Ll]ambda-[Ee]xtension-[Ii]dentifier: //p')\n"
+        "while true; do\n"
+        f'  event=$(curl -sS "$base/event/next" -H "Lambda-Extension-Identifier: $id")\n'
+        f'  echo "$event" >> {log}\n'
+        '  case "$event" in *SHUTDOWN*) exit 0;; esac\n'
+        "done\n"
+    )
+    script.chmod(0o755)
+    daemon = start_daemon(env=extension_env(tmp_path))
+    answer = daemon.invoke({"n": 1})
+    assert ok(answer) == {"n": 1}
+    request_id = answer.header("x-amzn-RequestId")
+    poll(lambda: log.exists() and request_id in log.read_text())
+    daemon.stop()
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e["eventType"] for e in lines] == ["INVOKE", "SHUTDOWN"]
