@@ -8,6 +8,7 @@ import contextlib
 import json
 import socket
 from collections.abc import Iterator
+
 import pytest
 
 from tests.e2e.test_gateway import Gateway, start_gateway
