@@ -112,6 +112,8 @@ class Daemon:
         if consumer is not None:
             consumer.metrics = metrics
         self.invoke_api.observe_answers(metrics.families.answered("invoke"))
+        if self.gateway is not None:
+            self.gateway.observe_answers(metrics.families.answered("gateway"))
         return MetricsEndpoint(metrics.registry, config.invoke_api_host, config.metrics_port)
 
     def _watcher(self) -> CodeWatcher | None:

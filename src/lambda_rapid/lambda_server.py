@@ -35,16 +35,16 @@ class LambdaServer:
         self.client = RpcClient(config.amqp)
         backend = AmqpBackend(config, self.client)
         self.metrics: MetricsEndpoint | None = None
-        self._answered: Callable[[int], None] | None = None
+        self._answered: Callable[[str], Callable[[int], None]] | None = None
         front: Backend = backend
         if config.metrics_port is not None:
             front = self._metered(backend, config.metrics_port)
         self.invoke_api = InvokeApi(config.invoke_api_host, config.port, config.timeout, front)
-        self.gateway = self._gateway(backend)
+        self.gateway = self._gateway(front)
         self.lifecycle = Lifecycle()
         self._connection: asyncio.Task[None] | None = None
 
-    def _gateway(self, backend: AmqpBackend) -> Gateway | None:
+    def _gateway(self, backend: Backend) -> Gateway | None:
         if self.config.gateway is None:
             return None
         # Imported only when the gateway is on, to keep the start-up of the others short.
@@ -57,7 +57,7 @@ class LambdaServer:
         from lambda_rapid.metrics import MeteredBackend, MetricsEndpoint, ServerMetrics
 
         metrics = ServerMetrics(lambda: self.client.connected)
-        self._answered = metrics.families.answered("invoke")
+        self._answered = metrics.families.answered
         self.metrics = MetricsEndpoint(metrics.registry, self.config.invoke_api_host, port)
         return MeteredBackend(backend, metrics)
 
@@ -70,7 +70,9 @@ class LambdaServer:
     async def startup(self) -> None:
         await self.invoke_api.start()
         if self.metrics is not None and self._answered is not None:
-            self.invoke_api.observe_answers(self._answered)
+            self.invoke_api.observe_answers(self._answered("invoke"))
+            if self.gateway is not None:
+                self.gateway.observe_answers(self._answered("gateway"))
             await self.metrics.start()
         if self.gateway is not None:
             await self.gateway.start()

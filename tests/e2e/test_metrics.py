@@ -119,6 +119,28 @@ def test_events_and_refusals_counted(start_daemon: Any) -> None:
     assert value(samples, "lambda_rapid_http_responses_total", server="invoke", code="404") == 1
 
 
+def gateway_get(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_gateway_answers_counted(start_daemon: Any) -> None:
+    gateway = free_port()
+    _, port = metrics_daemon(start_daemon, GATEWAY_PORT=str(gateway), GATEWAY_STAGE="prod")
+    assert gateway_get(gateway, "/prod/a") == 200
+    assert gateway_get(gateway, "/elsewhere") == 404
+    _, samples = scrape(port)
+    responses = "lambda_rapid_http_responses_total"
+    assert value(samples, responses, server="gateway", code="200") == 1
+    assert value(samples, responses, server="gateway", code="404") == 1
+    assert value(samples, responses, server="invoke", code="200") == 0
+    success = value(samples, "lambda_rapid_invocations_total", function="fn", outcome="success")
+    assert success == 1
+
+
 def test_metrics_port_serves_only_metrics(start_daemon: Any) -> None:
     _, port = metrics_daemon(start_daemon)
     for method, path, status in (
@@ -172,8 +194,8 @@ def test_amqp_events_retried_and_dead_lettered(names: Names, amqp_daemon: Any) -
 def test_lambda_server_metrics(names: Names, amqp_daemon: Any, start_server: Any) -> None:
     name = names.function()
     amqp_daemon(name)
-    port = free_port()
-    server = start_server({"METRICS_PORT": str(port)})
+    port, gateway = free_port(), free_port()
+    server = start_server({"METRICS_PORT": str(port), "GATEWAY_PORT": str(gateway)})
     poll(lambda: _listening(port))
 
     def connected() -> bool:
@@ -185,11 +207,13 @@ def test_lambda_server_metrics(names: Names, amqp_daemon: Any, start_server: Any
     assert server.request("POST", path, b'{"raise": "x"}').status == 200
     missing = "/2015-03-31/functions/no-such-function-here/invocations"
     assert server.request("POST", missing, b"{}").status == 404
+    assert gateway_get(gateway, f"/{name}/a") == 200
     _, samples = scrape(port)
     total = "lambda_rapid_invocations_total"
-    assert value(samples, total, function=name, outcome="success") == 1
+    assert value(samples, total, function=name, outcome="success") == 2
     assert value(samples, total, function=name, outcome="function_error") == 1
-    assert value(samples, "lambda_rapid_invocation_duration_seconds_count", function=name) == 2
+    assert value(samples, "lambda_rapid_invocation_duration_seconds_count", function=name) == 3
     errors = "lambda_rapid_errors_total"
     assert value(samples, errors, function=name, error_type="ValueError") == 1
     assert value(samples, "lambda_rapid_http_responses_total", server="invoke", code="404") == 1
+    assert value(samples, "lambda_rapid_http_responses_total", server="gateway", code="200") == 1
