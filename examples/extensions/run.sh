@@ -4,4 +4,4 @@
 # and watch the extension's lines next to the function's; Ctrl-C shows its SHUTDOWN event.
 here="$(cd "$(dirname "$0")" && pwd)"
 exec env LAMBDA_EXTENSIONS_DIR="$here/opt/extensions" PRINT_REPORTS=true \
-  lambda-runtime-api-daemon python -m awslambdaric echo.handler
+  "${DAEMON:-lambda-runtime-api-daemon}" python -m awslambdaric echo.handler

@@ -7,9 +7,24 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.conftest import FUNCTIONS, PYTHON_RIC, alive, ok, poll, read_response
+from tests.e2e.conftest import (
+    FUNCTIONS,
+    PYTHON_RIC,
+    alive,
+    ok,
+    poll,
+    processes_with_marker,
+    read_response,
+)
 
 RECORDER = FUNCTIONS / "extension_recorder.py"
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def install(directory: Path, name: str, source: Path = RECORDER) -> Path:
@@ -112,6 +127,7 @@ def test_shutdown_then_kill_after_deadline(start_daemon: Any, tmp_path: Path) ->
     ok(daemon.invoke({"n": 1}))
     log = tmp_path / "ext.log"
     pid = poll(lambda: records(log) and records(log)[0]["pid"])
+    poll(lambda: any("done" in r for r in records(log)))  # then it calls next again
     daemon.stop()  # asserts nothing is left behind
     assert records(log)[-1]["eventType"] == "SHUTDOWN"
     assert not alive(pid)
@@ -178,6 +194,10 @@ def test_bash_curl_extension(start_daemon: Any, tmp_path: Path) -> None:
     assert ok(answer) == {"n": 1}
     request_id = answer.header("x-amzn-RequestId")
     poll(lambda: log.exists() and request_id in log.read_text())
+    # Stop once the extension waits in event/next again (its curl is running).
+    assert poll(
+        lambda: any(b"event/next" in cmdline(p) for p in processes_with_marker(daemon.token))
+    )
     daemon.stop()
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert [e["eventType"] for e in lines] == ["INVOKE", "SHUTDOWN"]
