@@ -170,6 +170,7 @@ class GatewayConfig:
     stage: str | None = None
     routes: tuple[GatewayRoute, ...] | None = None
     timeout: float = 29.0
+    invoke_mode: str = "BUFFERED"
 
 
 def gateway_config(values: SettingValues) -> GatewayConfig | None:
@@ -183,6 +184,7 @@ def gateway_config(values: SettingValues) -> GatewayConfig | None:
         values.get(settings.GATEWAY_STAGE),
         values.get(settings.GATEWAY_ROUTES),
         values[settings.GATEWAY_TIMEOUT],
+        values[settings.GATEWAY_INVOKE_MODE],
     )
 
 

@@ -8,6 +8,14 @@ with the Invoke API's limits (``GATEWAY_LIMITS``), its refusals in API Gateway's
 ``Router`` decides which function and route a path belongs to: the daemon's own
 function; in the Lambda Server the first path segment, or the route table when its
 routes name functions.
+
+With GATEWAY_INVOKE_MODE=RESPONSE_STREAM it answers as a function URL whose InvokeMode is
+RESPONSE_STREAM: the function's streamed response goes to the client with chunked
+encoding as it comes, its ``http-integration-response`` prelude (status code, headers,
+cookies, then eight NUL bytes) giving the answer's head; a stream without the prelude is
+answered 200 with the runtime's content type. A failure before the first byte answers
+502; a failure mid-stream cuts the answer (no last chunk), so the client sees it
+incomplete. A response that was not streamed is answered as in BUFFERED mode.
 """
 
 from __future__ import annotations
@@ -21,13 +29,15 @@ import socket
 import string
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import cast
 
 from lambda_rapid.config import ConfigError, DaemonConfig, ServerConfig
 from lambda_rapid.errors import MAX_REQUEST_PAYLOAD, InvokeError
 from lambda_rapid.httpserver import (
+    CutStream,
     FullRequest,
     HeaderList,
     HttpServer,
@@ -35,6 +45,7 @@ from lambda_rapid.httpserver import (
     ProxyProtocol,
     Request,
     Response,
+    StreamedResponse,
 )
 from lambda_rapid.invocation import (
     Invocation,
@@ -55,6 +66,7 @@ from lambda_rapid.proxy_events import (
 )
 from lambda_rapid.routes import GatewayRoute
 from lambda_rapid.sockets import listen_socket
+from lambda_rapid.streaming import ResponseStream, StreamedResult
 
 logger = logging.getLogger(__name__)
 
@@ -199,6 +211,7 @@ class GatewayOptions:
     routes: tuple[GatewayRoute, ...] | None
     timeout: float
     account_id: str
+    streams: bool = False  # GATEWAY_INVOKE_MODE=RESPONSE_STREAM
 
 
 def message_response(status: int, message: str, headers: Headers = ()) -> Response:
@@ -246,6 +259,7 @@ def gateway_for(
         gateway.routes,
         gateway.timeout,
         config.account_id,
+        gateway.invoke_mode == "RESPONSE_STREAM",
     )
     return Gateway(options, backend, function, config.timeout)
 
@@ -318,6 +332,8 @@ class Gateway:
         payload = json.dumps(event).encode()
         if len(payload) > MAX_REQUEST_PAYLOAD:
             return message_response(413, "Request Entity Too Large", marker)
+        if self._options.streams:
+            return self._answer_stream(located.function, payload, http_request, marker)
         return self._answer(located.function, payload, http_request, marker)
 
     async def _answer(
@@ -329,6 +345,9 @@ class Gateway:
             return message_response(504, "Endpoint request timed out", marker)
         except InvokeError as error:
             return _invoke_error_response(error, marker)
+        return self._proxy_answer(result, marker)
+
+    def _proxy_answer(self, result: InvocationResult, marker: Headers) -> Response:
         if result.error_type is not None:
             logger.debug("function failed (%s): answering 502", result.error_type)
             return message_response(502, "Internal server error", marker)
@@ -339,6 +358,47 @@ class Gateway:
             return message_response(502, "Internal server error", marker)
         return Response(reply.status, reply.body, wire_headers(reply.headers + marker))
 
+    async def _answer_stream(
+        self, function: str, payload: bytes, request: HttpRequest, marker: Headers
+    ) -> Response:
+        try:
+            result = await self._invoke(function, payload, request.header("x-amzn-trace-id"))
+        except TimeoutError:
+            return message_response(504, "Endpoint request timed out", marker)
+        except InvokeError as error:
+            return _invoke_error_response(error, marker)
+        stream = result.stream if isinstance(result, StreamedResult) else None
+        if stream is None:
+            return self._unstreamed_answer(result, marker)
+        # An async generator (closing it detaches the stream), typed as the iterator it is.
+        chunks = cast("AsyncGenerator[bytes, None]", stream.chunks())
+        try:
+            if _media(stream.content_type) == HTTP_INTEGRATION:
+                head, first = await _read_prelude(chunks)
+            else:
+                first = await anext(chunks, b"")
+                head = Prelude(200, (("Content-Type", stream.content_type),))
+        except MalformedResponse as error:
+            await chunks.aclose()
+            logger.warning("malformed streamed response: %s", error)
+            return message_response(502, "Internal server error", marker)
+        if not first and stream.result is not None and stream.result.error_type is not None:
+            await chunks.aclose()
+            logger.debug("function failed (%s): answering 502", stream.result.error_type)
+            return message_response(502, "Internal server error", marker)
+        body = _relay(first, chunks, stream)
+        return StreamedResponse(head.status, body, wire_headers(head.headers + marker))
+
+    def _unstreamed_answer(self, result: InvocationResult, marker: Headers) -> Response:
+        """A whole response: lambda-server's (a stream collected through the broker, its
+        prelude included) or a function's that did not stream (a proxy response)."""
+        if result.error_type is None:
+            split = _split_prelude(result.body)
+            if split is not None:
+                head, body = split
+                return Response(head.status, body, wire_headers(head.headers + marker))
+        return self._proxy_answer(result, marker)
+
     async def _invoke(self, function: str, payload: bytes, trace: str | None) -> InvocationResult:
         target = self._backend.resolve(function, None)
         invocation = Invocation(
@@ -348,11 +408,19 @@ class Gateway:
             invoked_arn=target.invoked_arn,
             trace_id=trace or new_trace_id(),
         )
+        invoke = self._backend.invoke
+        if self._options.streams:
+            # A backend that cannot stream (lambda-server's, over AMQP) answers whole.
+            invoke = getattr(self._backend, "invoke_stream", invoke)
         # The function keeps running after the integration timeout, as behind API Gateway.
-        call = asyncio.ensure_future(self._backend.invoke(target, invocation))
+        call = asyncio.ensure_future(invoke(target, invocation))
         self._calls.add(call)
         call.add_done_callback(self._on_call_done)
-        return await asyncio.wait_for(asyncio.shield(call), self._options.timeout)
+        try:
+            return await asyncio.wait_for(asyncio.shield(call), self._options.timeout)
+        except TimeoutError:
+            call.add_done_callback(_drop_stream)  # nobody will read what it streams
+            raise
 
     def _on_call_done(self, call: asyncio.Future[InvocationResult]) -> None:
         self._calls.discard(call)
@@ -409,3 +477,105 @@ def _invoke_error_response(error: InvokeError, marker: Headers) -> Response:
         return message_response(503, "Service Unavailable", marker)
     logger.warning("invocation refused: %s %s", error.code, error.message)
     return message_response(502, "Internal server error", marker)
+
+
+# -- RESPONSE_STREAM ----------------------------------------------------------------------
+
+HTTP_INTEGRATION = "application/vnd.awslambda.http-integration-response"
+PRELUDE_END = b"\0" * 8
+MAX_PRELUDE = 64 * 1024
+# The answer's framing is ours (chunked or Content-Length), whatever the function says.
+FRAMING_HEADERS = frozenset(("content-length", "transfer-encoding", "connection", "trailer"))
+
+
+@dataclass(frozen=True, slots=True)
+class Prelude:
+    """The head a streamed response asks for."""
+
+    status: int
+    headers: Headers
+
+
+def _media(content_type: str) -> str:
+    return content_type.partition(";")[0].strip().lower()
+
+
+async def _read_prelude(chunks: AsyncIterator[bytes]) -> tuple[Prelude, bytes]:
+    """The prelude, and what came after its separator in the same chunks."""
+    data = b""
+    async for chunk in chunks:
+        data += chunk
+        end = data.find(PRELUDE_END)
+        if end >= 0:
+            return parse_prelude(data[:end]), data[end + len(PRELUDE_END) :]
+        if len(data) > MAX_PRELUDE:
+            raise MalformedResponse(f"no prelude end in the first {MAX_PRELUDE} bytes")
+    raise MalformedResponse("the stream ended before its prelude did")
+
+
+def _split_prelude(body: bytes) -> tuple[Prelude, bytes] | None:
+    """A whole body that starts with a prelude, split; None when it does not.
+
+    JSON text holds no NUL byte, so a proxy response is never taken for one."""
+    end = body.find(PRELUDE_END)
+    if end < 0 or not body.lstrip().startswith(b"{"):
+        return None
+    try:
+        return parse_prelude(body[:end]), body[end + len(PRELUDE_END) :]
+    except MalformedResponse:
+        return None
+
+
+def parse_prelude(data: bytes) -> Prelude:
+    """`{"statusCode", "headers", "cookies"}` (each optional) as the answer's head."""
+    try:
+        prelude = json.loads(data) if data.strip() else {}
+    except ValueError as error:
+        raise MalformedResponse(f"prelude is not JSON: {error}") from None
+    if not isinstance(prelude, dict):
+        raise MalformedResponse("prelude is not a JSON object")
+    status = prelude.get("statusCode", 200)
+    if type(status) is not int or not 100 <= status <= 599:
+        raise MalformedResponse(f"invalid statusCode {status!r}")
+    headers = prelude.get("headers") or {}
+    cookies = prelude.get("cookies") or []
+    if not isinstance(headers, dict) or not isinstance(cookies, list):
+        raise MalformedResponse("headers must be an object and cookies a list")
+    head = [
+        (str(name), _header_value(value))
+        for name, value in headers.items()
+        if str(name).lower() not in FRAMING_HEADERS
+    ]
+    head += [("Set-Cookie", str(cookie)) for cookie in cookies]
+    return Prelude(status, tuple(head))
+
+
+def _header_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+async def _relay(
+    first: bytes, chunks: AsyncGenerator[bytes, None], stream: ResponseStream
+) -> AsyncGenerator[bytes, None]:
+    """The body after the head; a stream that ended with an error cuts the answer."""
+    try:
+        if first:
+            yield first
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        await chunks.aclose()  # detaches the stream when the client left first
+    result = stream.result
+    if result is not None and result.error_type is not None:
+        logger.debug("function failed mid-stream (%s): answer cut", result.error_type)
+        raise CutStream
+
+
+def _drop_stream(call: asyncio.Future[InvocationResult]) -> None:
+    if call.cancelled() or call.exception() is not None:
+        return
+    result = call.result()
+    if isinstance(result, StreamedResult) and result.stream is not None:
+        result.stream.detach()

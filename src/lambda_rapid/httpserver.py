@@ -149,6 +149,10 @@ class Response:
         return head_bytes.encode("latin-1") + self.body
 
 
+class CutStream(Exception):
+    """Raised by a streamed answer's source: end the answer as incomplete (no last chunk)."""
+
+
 class StreamedResponse(Response):
     """An answer whose body comes as chunks (written with chunked encoding)."""
 
@@ -636,6 +640,8 @@ class HttpProtocol(asyncio.Protocol):
                     await self._writable
             else:
                 complete = True
+        except CutStream:
+            pass  # the source ended the answer unfinished, on purpose
         except Exception:  # noqa: BLE001 - the stream's source failed: cut the answer
             logger.exception("error streaming an answer")
         finally:

@@ -528,12 +528,30 @@ GATEWAY_TIMEOUT = Setting(
     "seconds the gateway waits for the function before answering 504",
 )
 
+def _invoke_mode(text: str) -> str:
+    mode = text.strip().upper()
+    if mode not in ("BUFFERED", "RESPONSE_STREAM"):
+        raise ValueError("must be BUFFERED or RESPONSE_STREAM")
+    return mode
+
+
+GATEWAY_INVOKE_MODE = Setting(
+    "gateway_invoke_mode",
+    "GATEWAY_INVOKE_MODE",
+    "--gateway-invoke-mode",
+    _invoke_mode,
+    "BUFFERED",
+    "as a function URL's InvokeMode: BUFFERED (the proxy response) or RESPONSE_STREAM "
+    "(the function's stream, its http-integration-response prelude honoured, sent chunked)",
+)
+
 GATEWAY_SETTINGS: tuple[Setting[Any], ...] = (
     GATEWAY_PORT,
     GATEWAY_EVENT_FORMAT,
     GATEWAY_STAGE,
     GATEWAY_ROUTES,
     GATEWAY_TIMEOUT,
+    GATEWAY_INVOKE_MODE,
 )
 
 

@@ -12,6 +12,7 @@ to do:
   hang        after the first chunk, never end (the timeout must stop it)
   http        a Function URL prelude {"statusCode", "headers", "cookies"} sent first,
               with the http-integration-response content type
+Behind the gateway the event is a proxy event: its request body holds these fields.
 """
 
 import base64
@@ -53,7 +54,11 @@ def read_answer(sock):
 def next_event(sock):
     sock.sendall(f"GET {BASE}/invocation/next HTTP/1.1\r\nHost: rt\r\n\r\n".encode())
     _, headers, body = read_answer(sock)
-    return headers["lambda-runtime-aws-request-id"], json.loads(body or b"{}")
+    event = json.loads(body or b"{}")
+    if "requestContext" in event:  # a proxy event: the instructions are its body
+        body = event.get("body") or "{}"
+        event = json.loads(base64.b64decode(body) if event.get("isBase64Encoded") else body)
+    return headers["lambda-runtime-aws-request-id"], event
 
 
 def chunk(sock, data, sent, progress):
