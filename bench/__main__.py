@@ -181,14 +181,23 @@ def warm(server: Server, concurrency: int) -> None:
 
 
 def measure_load(
-    kind: str, runtime: list[str], concurrency: int, instances: int, seconds: float
+    kind: str,
+    runtime: list[str],
+    concurrency: int,
+    instances: int,
+    seconds: float,
+    extra_env: dict[str, str] | None = None,
+    check: Callable[[dict[str, float]], None] | None = None,
 ) -> dict[str, float]:
-    """CPU per invocation of the server process alone, plus throughput and latency."""
-    with running(kind, runtime, instances) as server:
+    """CPU per invocation of the server process alone, plus throughput and latency; `check`
+    sees the result while the server still runs."""
+    with running(kind, runtime, instances, extra_env) as server:
         warm(server, concurrency)
         before = cpu_seconds(server.proc.pid)
         result = load(server.url, concurrency, seconds)
         used = cpu_seconds(server.proc.pid) - before
+        if check is not None:
+            check(result)
         result["cpu_us"] = used / max(result["count"], 1) * 1e6
         result["rss_mb"] = rss_mb(server.proc.pid)
     return result
@@ -198,6 +207,39 @@ def measure_one(
     runtime: list[str], concurrency: int, instances: int, seconds: float, kind: str
 ) -> dict[str, float]:
     return measure_load(kind, runtime, concurrency, instances, seconds)
+
+
+def measure_metrics(
+    runtime: list[str], concurrency: int, instances: int, seconds: float, setting: str
+) -> dict[str, float]:
+    """The daemon with METRICS_PORT unset ("off") or set ("on"). Nothing scrapes during the
+    load (a scrape costs per scrape, not per invocation); one scrape after it checks that
+    every invocation was counted."""
+    if setting == "off":
+        return measure_load("ours", runtime, concurrency, instances, seconds)
+    port = free_port()
+
+    def counted(result: dict[str, float]) -> None:
+        total = scraped_invocations(port)
+        if total < result["count"]:
+            raise RuntimeError(f"metrics counted {total} of {result['count']} invocations")
+
+    env = {"METRICS_PORT": str(port)}
+    return measure_load("ours", runtime, concurrency, instances, seconds, env, counted)
+
+
+def scraped_invocations(port: int) -> float:
+    """lambda_rapid_invocations_total summed over outcomes, from one scrape."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "lambda_rapid_invocations"
+        for sample in family.samples
+    )
 
 
 def measure_memory(kind: str, invocations: int) -> dict[str, float]:
@@ -289,11 +331,13 @@ def summarize(samples: list[float]) -> dict[str, float]:
     return {"median": statistics.median(samples), "min": min(samples), "max": max(samples)}
 
 
-def rounds(count: int, measure: Callable[[str], Stat]) -> dict[str, dict[str, dict[str, float]]]:
-    """Alternate ours and the floor `count` times; summarize every metric."""
-    collected: dict[str, list[Stat]] = {"ours": [], "floor": []}
+def rounds(
+    count: int, measure: Callable[[str], Stat], kinds: tuple[str, ...] = ("ours", "floor")
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Alternate the `kinds` (ours and the floor) `count` times; summarize every metric."""
+    collected: dict[str, list[Stat]] = {kind: [] for kind in kinds}
     for _ in range(count):
-        for kind in ("ours", "floor"):
+        for kind in kinds:
             collected[kind].append(measure(kind))
     return {
         kind: {key: summarize([s[key] for s in samples]) for key in samples[0]}
@@ -331,6 +375,7 @@ def run(quick: bool, count: int) -> dict[str, Any]:
         key = f"{runtime_name} C={conc} MAX_CONCURRENCY={instances}"
         print(f"load: {key}", file=sys.stderr)
         report[key] = rounds(count, partial(measure_one, runtime, conc, instances, seconds))
+    report["metrics"] = measure_metrics_cost(count, seconds)
     print("memory", file=sys.stderr)
     report["memory"] = rounds(1, lambda kind: measure_memory(kind, 2000 if quick else 20000))
     print("start-up", file=sys.stderr)
@@ -339,6 +384,41 @@ def run(quick: bool, count: int) -> dict[str, Any]:
         print("amqp", file=sys.stderr)
         report["amqp"] = {f"C={c}": measure_amqp(c, i, seconds) for c, i in ((1, 1), (8, 4))}
     return report
+
+
+METRICS_CASES = (("raw", RAW, 1, 1), ("raw", RAW, 8, 4))
+
+
+def measure_metrics_cost(count: int, seconds: float) -> dict[str, Any]:
+    """The daemon with metrics off and on, in alternating rounds, per case."""
+    cost: dict[str, Any] = {}
+    for runtime_name, runtime, conc, instances in METRICS_CASES:
+        key = f"{runtime_name} C={conc} MAX_CONCURRENCY={instances}"
+        print(f"metrics off/on: {key}", file=sys.stderr)
+        measure = partial(measure_metrics, runtime, conc, instances, seconds)
+        cost[key] = rounds(count, measure, ("off", "on"))
+    return cost
+
+
+def metrics_markdown(cost: dict[str, Any]) -> list[str]:
+    """The metrics table: each cell off / on, medians (min..max)."""
+    lines = [
+        "",
+        "| METRICS_PORT unset / set | daemon CPU µs/inv | extra µs/inv | inv/s | p50 ms | p99 ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, case in cost.items():
+        off, on = case["off"], case["on"]
+        extra = on["cpu_us"]["median"] - off["cpu_us"]["median"]
+        cells = [
+            f"{spread(off[m])} / {spread(on[m])}" for m in ("cpu_us", "rate", "p50_ms", "p99_ms")
+        ]
+        lines.append(f"| {key} | {cells[0]} | {extra:+.3g} | " + " | ".join(cells[1:]) + " |")
+    return lines
+
+
+def spread(stat: dict[str, float]) -> str:
+    return f"{stat['median']:.3g} ({stat['min']:.3g}..{stat['max']:.3g})"
 
 
 def ratio(report: dict[str, Any], section: str, metric: str) -> str:
@@ -376,6 +456,8 @@ def markdown(report: dict[str, Any]) -> str:
         + " | ".join(ratio(report, "startup", m) for m in ("listen_ms", "first_ms"))
         + " |",
     ]
+    if "metrics" in report:
+        lines += metrics_markdown(report["metrics"])
     if "amqp" in report:
         lines += [
             "",
