@@ -221,6 +221,8 @@ class DaemonConfig:
     runtime_api_peer_check: bool = True
     runtime_user: RuntimeUser | None = None
     extensions_dir: str = "/opt/extensions"
+    # Lambda's init limit for external extensions to register (an override for tests).
+    extensions_init_limit: float = 10.0
     metrics_port: int | None = None
     watch: bool = False
 
@@ -284,9 +286,24 @@ def daemon_config(argv: Sequence[str], environ: Mapping[str, str] | None = None)
         runtime_api_peer_check=values[settings.RUNTIME_API_PEER_CHECK],
         runtime_user=values.get(settings.RUNTIME_USER),
         extensions_dir=values[settings.EXTENSIONS_DIR],
+        extensions_init_limit=_extensions_init_limit(env),
         metrics_port=values.get(settings.METRICS_PORT),
         watch=values[settings.WATCH],
     )
+
+
+def _extensions_init_limit(env: Mapping[str, str]) -> float:
+    """Lambda's 10 s, or LAMBDA_RAPID_EXTENSIONS_INIT_LIMIT (seconds) for tests."""
+    raw = env.get("LAMBDA_RAPID_EXTENSIONS_INIT_LIMIT")
+    if not raw:
+        return 10.0
+    try:
+        limit = float(raw)
+    except ValueError:
+        limit = 0.0
+    if not limit > 0:
+        raise ConfigError(f"LAMBDA_RAPID_EXTENSIONS_INIT_LIMIT: not a positive number: {raw!r}")
+    return limit
 
 
 def _runtime_command(args: list[str]) -> list[str]:

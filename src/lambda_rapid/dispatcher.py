@@ -351,10 +351,33 @@ class Dispatcher:
     def init_failed(self, instance: Instance, error_type: str, body: bytes) -> None:
         """The runtime posted init/error: the oldest waiting invocation gets that error."""
         instance.init_failed()
+        self._init_ended(instance, error_type, body)
+
+    def _init_ended(self, instance: Instance, error_type: str, body: bytes) -> None:
+        """Init failed (the instance is stopping): the oldest waiting invocation gets it."""
+        self._init_moments(instance, error_type)
         job = self._take_queued()
         if job is not None:
             self._fail_queued(job, InvocationResult(body, error_type))
         self._stop_in_background(instance, grace=1.0)
+
+    @staticmethod
+    def _in_init(instance: Instance) -> bool:
+        """Its init has not ended: the runtime or an extension has not called next yet."""
+        return instance.init_duration_ms is None and instance.state in (State.STARTING, State.IDLE)
+
+    def _extension_init_failed(self, instance: Instance, error_type: str, body: bytes) -> None:
+        """An extension failed the instance's init (its runtime may wait in /next)."""
+        if not self._in_init(instance):
+            return
+        if instance.state is State.STARTING:
+            instance.init_failed()
+        else:
+            if instance in self._idle:
+                self._idle.remove(instance)
+            instance.stopping()
+            self._release(instance)
+        self._init_ended(instance, error_type, body)
 
     # -- extensions ---------------------------------------------------------------------
 
@@ -362,7 +385,11 @@ class Dispatcher:
         """The instance's extensions (created with the first)."""
         if instance.extensions is None:
             instance.extensions = ExtensionSet(
-                instance, self._extensions_idle, self._extension_exited, self.hub
+                instance,
+                self._extensions_idle,
+                self._extension_exited,
+                self.hub,
+                self._extension_init_failed,
             )
         return instance.extensions
 
@@ -386,15 +413,18 @@ class Dispatcher:
         self._start(instance, job)
         waiter.set_result(job.invocation)
 
-    def _init_moments(self, instance: Instance) -> None:
-        """Init ends when the runtime and every extension wait for work."""
+    def _init_moments(self, instance: Instance, error_type: str | None = None) -> None:
+        """Init ends when the runtime and every extension wait for work, or it failed."""
         if instance.init_duration_ms is not None:
             return
-        duration = instance.settle_init()
+        if error_type is None:
+            duration = instance.settle_init()
+        else:
+            duration = (time.monotonic() - instance.spawned_at) * 1000
         observer = self.hub.observer
         if observer is not None and duration is not None:
-            observer.runtime_init_done(instance, None)
-            observer.init_report(instance, duration, None)
+            observer.runtime_init_done(instance, error_type)
+            observer.init_report(instance, duration, error_type)
 
     def _arm_overdue(self, instance: Instance, invocation: Invocation) -> None:
         """Extensions still work on an answered invocation: its deadline still applies."""
@@ -426,8 +456,8 @@ class Dispatcher:
         self, instance: Instance, extension: Extension, error_type: str, body: bytes
     ) -> None:
         """An extension posted init/error or exit/error."""
-        if instance.state is State.STARTING:
-            self.init_failed(instance, error_type, body)
+        if self._in_init(instance):
+            self._extension_init_failed(instance, error_type, body)
         elif instance.state not in STOPPED:
             self._fail_held(instance, InvocationResult(body, error_type))
             self._reset(instance, "failure")
@@ -441,10 +471,10 @@ class Dispatcher:
         if observer is not None and member is not None:
             observer.extension_exited(instance, member, description)
         state = instance.state
-        if state is State.STARTING:
+        if self._in_init(instance):
             message = f"Extension {name} exited: {description or 'exit status 0'}"
             body = function_error_body("Extension.Crash", message)
-            self.init_failed(instance, "Extension.Crash", body)
+            self._extension_init_failed(instance, "Extension.Crash", body)
         elif state is State.DEAD:
             if not extensions.pids():
                 self._free_slot(instance)
@@ -584,6 +614,7 @@ class Dispatcher:
             result = exit_result(held, description)
             self._end(instance, self._running.pop(instance), result, "error")
         elif was is State.STARTING:
+            self._init_moments(instance, "Runtime.ExitError")
             job = self._take_queued()
             if job is not None:
                 body = exit_error(job.invocation.request_id, description or "exit status 0")

@@ -19,6 +19,13 @@ For the Telemetry and Logs APIs (``telemetry.py``):
 - ``Hub.observer`` (an ``Observer``; None costs nothing) hears the lifecycle moments
   listed on that protocol, from the dispatcher (init, invoke, report), from this module
   (registration) and from the pool (extension exits, extension output lines).
+- Init failures reach it too: ``runtime_init_done`` and ``init_report`` get the failure's
+  error type (None on success): the runtime's init/error type, ``Runtime.ExitError``
+  when the runtime exits during init, an extension's init/error type,
+  ``Extension.Crash`` when an extension exits during init, and ``INIT_TIMEOUT_ERROR``
+  (``Sandbox.Timedout``, Lambda's status ``timeout``) when an external extension does
+  not register within the init limit. Every other error type is Lambda's status
+  ``error``.
 """
 
 from __future__ import annotations
@@ -41,6 +48,8 @@ if TYPE_CHECKING:
     from lambda_rapid.invocation import Invocation
 
 MAX_EXTENSIONS = 10
+# An external extension that has not registered within the init limit fails init thus.
+INIT_TIMEOUT_ERROR = "Sandbox.Timedout"
 DISABLE_FILE = "disable-extensions-jwigqn8j"
 EVENT_TYPES = frozenset({"INVOKE", "SHUTDOWN"})
 # How long extensions get between the SHUTDOWN event and SIGTERM (Lambda's limits).
@@ -182,11 +191,13 @@ class ExtensionSet:
         on_idle: Callable[[Instance], None],
         on_exit: Callable[[Instance, str, str | None], None],
         hub: Hub,
+        on_init_failed: Callable[[Instance, str, bytes], None] | None = None,
     ) -> None:
         self.instance = instance
         self.hub = hub
         self._on_idle = on_idle
         self._on_exit = on_exit
+        self._on_init_failed = on_init_failed
         self.to_start: list[str] = []  # paths of the external extensions to start
         self.members: list[Extension] = []
         self.external: dict[str, int | None] = {}  # started file name -> pid (None: exited)
@@ -219,6 +230,17 @@ class ExtensionSet:
     def process_exited(self, name: str, description: str | None) -> None:
         """The pool saw the process of external extension `name` exit."""
         self._on_exit(self.instance, name, description)
+
+    def registration_timed_out(self, limit: float) -> None:
+        """External extensions did not all register within `limit` seconds: init fails."""
+        late = [m for m in self.external if not any(e.name == m for e in self.members)]
+        message = (
+            f"Extension init timed out after {limit:g} s: "
+            f"{', '.join(late) or 'an extension'} did not register"
+        )
+        body = json.dumps({"errorMessage": message, "errorType": INIT_TIMEOUT_ERROR}).encode()
+        if self._on_init_failed is not None:
+            self._on_init_failed(self.instance, INIT_TIMEOUT_ERROR, body)
 
     def output(self, name: str) -> LogCapture:
         """Where an external extension's output lines go besides the daemon's own."""
@@ -263,7 +285,7 @@ class ExtensionSet:
             old, extension.waiter = extension.waiter, None
             if old is not None and not old.done():
                 old.cancel()
-        else:
+        elif extension.pending is None:  # not while SHUTDOWN waits to be handed over
             self._acknowledged(extension)
         event, extension.pending = extension.pending, None
         if event is not None:
@@ -364,7 +386,8 @@ class ExtensionSet:
 
 
 class ExtensionOutput(LogCapture):
-    """An external extension's lines, handed to the observer (they have no log tail)."""
+    """An external extension's lines: into its instance's log tail (Lambda's execution
+    log holds them) and to the observer."""
 
     __slots__ = ("_extensions", "_name")
 
@@ -374,9 +397,15 @@ class ExtensionOutput(LogCapture):
         self._name = name
 
     def add(self, data: bytes) -> None:
+        if not data:
+            return
+        instance = self._extensions.instance
+        instance.output.add(data)
         observer = self._extensions.hub.observer
-        if observer is not None and data:
-            observer.extension_output(self._extensions.instance, self._name, data)
+        if observer is not None:
+            observer.extension_output(instance, self._name, data)
+
+    printed = add  # the name the output pipes call for whole lines
 
 
 def invoke_event(invocation: Invocation) -> bytes:

@@ -156,10 +156,6 @@ class ExtensionProcess(asyncio.SubprocessProtocol):
         self.on_exit(self)
 
 
-# How long external extensions may take to register before the runtime starts anyway.
-REGISTRATION_LIMIT = 10.0
-
-
 class Pool:
     """Owns runtime processes: starting, signalling, reaping them and their orphans."""
 
@@ -244,10 +240,12 @@ class Pool:
         env = extension_environ(runtime_env)
         for path in extensions.to_start:
             await self._start_extension(instance, extensions, path, env)
+        limit = self._config.extensions_init_limit
         try:
-            await asyncio.wait_for(extensions.registered.wait(), REGISTRATION_LIMIT)
+            await asyncio.wait_for(extensions.registered.wait(), limit)
         except TimeoutError:
-            logger.warning("extensions of %s did not all register; starting its runtime", instance)
+            logger.warning("extensions of %s did not all register: init failed", instance)
+            extensions.registration_timed_out(limit)
 
     async def _start_extension(
         self, instance: Instance, extensions: ExtensionSet, path: str, env: dict[str, str]

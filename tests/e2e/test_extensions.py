@@ -27,11 +27,12 @@ def cmdline(pid: int) -> bytes:
         return b""
 
 
-def install(directory: Path, name: str, source: Path = RECORDER) -> Path:
-    """An executable extension `name` in `directory` that runs a test script."""
+def install(directory: Path, name: str, source: Path = RECORDER, **env: str) -> Path:
+    """An executable extension `name` in `directory` that runs a test script (with `env`)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / name
-    path.write_text(f'#!/bin/sh\nexec {sys.executable} {source} "$0"\n')
+    exports = "".join(f"export {key}='{value}'\n" for key, value in env.items())
+    path.write_text(f'#!/bin/sh\n{exports}exec {sys.executable} {source} "$0"\n')
     path.chmod(0o755)
     return path
 
