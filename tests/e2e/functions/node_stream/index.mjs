@@ -30,7 +30,7 @@ export const handler = awslambda.streamifyResponse(async (received, responseStre
   }
   const chunks = event.chunks ?? ["hello ", "world"];
   for (const [index, chunk] of chunks.entries()) {
-    stream.write(chunk);
+    await new Promise((written) => stream.write(chunk, written)); // sent before what follows
     if (index === 0 && event.gate) {
       await waitFor(event.gate);
     }
