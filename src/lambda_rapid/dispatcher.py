@@ -512,8 +512,10 @@ class Dispatcher:
         extensions = instance.extensions
         if extensions is None or not extensions.members or instance.state in STOPPED:
             return
+        if instance in self._idle:
+            self._idle.remove(instance)
+        # Its runtime's /next stays pending (as without extensions): it is stopped next.
         instance.stopping()
-        self._release(instance)
         limit = extensions.shutdown_limit
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(extensions.shutdown("spindown", limit).wait(), limit)
