@@ -36,6 +36,12 @@ RIC = [sys.executable, "-m", "awslambdaric", "echo.handler"]
 ECHO_DIR = REPO / "examples" / "echo"
 BROKER = "amqp://guest:guest@127.0.0.1:5672/"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# The floor (on uvloop, which measured cheaper) and, to compare, its variants.
+FLOORS = {
+    "floor": [str(REPO / "bench" / "floor.py")],
+    "floor on asyncio": [str(REPO / "bench" / "floor.py"), "--loop", "asyncio"],
+    "old floor": [str(REPO / "bench" / "floor_old.py")],
+}
 
 
 def free_port() -> int:
@@ -114,7 +120,7 @@ def start(
     else:
         command = [
             sys.executable,
-            str(REPO / "bench" / "floor.py"),
+            *FLOORS[kind],
             str(port),
             str(free_port()),
             str(concurrency),

@@ -1,132 +1,131 @@
-"""The floor: the smallest asyncio server that serves the same two endpoints.
+"""The floor: the cheapest asyncio server we could write for the same two endpoints.
 
-Invoke API (POST .../invocations) and Runtime API (GET next, POST response), pairing
-invocations with runtimes with no process management, validation or logging. It starts
-one runtime (the command given) with AWS_LAMBDA_RUNTIME_API pointing at itself, per
-MAX_CONCURRENCY. No real daemon can beat it in Python; figures are reported against it.
+Invoke API (POST .../invocations) and Runtime API (GET next, POST response). One
+Protocol per side, no task, future or generator per request: a client's request is
+written straight into the waiting runtime's connection, and the runtime's response
+straight into the client's, each in one write. Parsing is the least that works for the
+benchmark's clients (the head's end, Content-Length, Expect: 100-continue, the request id
+in the path). No validation, ids from a counter, no process management beyond starting
+INSTANCES copies of COMMAND with AWS_LAMBDA_RUNTIME_API pointing at the Runtime API port.
+No real daemon can beat it in Python; the benchmark reports the daemon against it.
+
+`python bench/floor.py [--loop asyncio|uvloop] PORT RUNTIME_PORT INSTANCES COMMAND...`
+(uvloop by default: it measured cheaper, see docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import os
 import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 
 ARN = b"arn:aws:lambda:us-east-1:123456789012:function:bench"
+NEXT_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+    b"Lambda-Runtime-Invoked-Function-Arn: " + ARN + b"\r\nLambda-Runtime-Aws-Request-Id: "
+)
+ACCEPTED = b'HTTP/1.1 202 Accepted\r\nContent-Length: 15\r\n\r\n{"status":"OK"}'
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class Broker:
+    """Clients waiting for a runtime, runtimes waiting in /next, invocations running."""
+
     def __init__(self) -> None:
-        self.waiting_invokes: deque[tuple[bytes, asyncio.Future[bytes]]] = deque()
-        self.waiting_runtimes: deque[asyncio.Future[tuple[str, bytes]]] = deque()
-        self.running: dict[str, asyncio.Future[bytes]] = {}
-        self.ids = itertools.count()
+        self.invokes: deque[tuple[Invoke, bytes]] = deque()
+        self.runtimes: deque[Runtime] = deque()
+        self.running: dict[bytes, Invoke] = {}
+        self.count = 0
+
+    def dispatch(self, runtime: Runtime, client: Invoke, payload: bytes) -> None:
+        self.count += 1
+        request_id = b"%d" % self.count
+        self.running[request_id] = client
+        runtime.send_next(request_id, payload)
 
 
-def parse_requests(buffer: bytearray, transport: asyncio.Transport):  # type: ignore[no-untyped-def]
-    """Yield (method, path, body) for every complete request at the start of buffer."""
-    while True:
-        end = buffer.find(b"\r\n\r\n")
-        if end < 0:
-            return
-        head = bytes(buffer[:end])
-        length = 0
-        expects = False
-        for line in head.split(b"\r\n")[1:]:
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
-            elif line.lower() == b"expect: 100-continue":
-                expects = True
-        if len(buffer) < end + 4 + length:
-            if expects:  # libcurl (awslambdaric) waits for this before sending the body
-                transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                at = head.lower().find(b"\r\nexpect: 100-continue") + 2
-                buffer[at : at + 20] = b"X-Done: 100-continue"  # answer it only once
-            return
-        body = bytes(buffer[end + 4 : end + 4 + length])
-        del buffer[: end + 4 + length]
-        method, path, _ = head.split(b"\r\n", 1)[0].split(b" ", 2)
-        yield method, path, body
+class Side(asyncio.Protocol):
+    """Splits a connection's input into (head, body) requests and hands them on."""
 
-
-class Http(asyncio.Protocol):
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
-        self.buffer = bytearray()
-        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.continued = False
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.write: Callable[[bytes], None] = print
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]
+        self.write = self.transport.write
 
     def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        assert self.transport is not None
-        for method, path, body in parse_requests(self.buffer, self.transport):
-            asyncio.ensure_future(self.handle(method, path, body))
+        buffer = self.buffer + data if self.buffer else data
+        while True:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                break
+            at = buffer.find(b"ength: ", 0, end)  # Content-Length, in any case
+            length = int(buffer[at + 7 : buffer.find(b"\r", at)]) if at > 0 else 0
+            stop = end + 4 + length
+            if len(buffer) < stop:
+                if not self.continued and buffer.find(b"100-continue", 0, end) > 0:
+                    self.continued = True  # libcurl waits for this before the body
+                    self.write(CONTINUE)
+                break
+            self.continued = False
+            self.request(buffer[:end], buffer[end + 4 : stop])
+            buffer = buffer[stop:]
+        self.buffer = buffer
 
-    def reply(self, status: bytes, body: bytes, extra: bytes = b"") -> None:
-        assert self.transport is not None
-        self.transport.write(
-            b"HTTP/1.1 "
-            + status
-            + b"\r\nContent-Length: "
-            + str(len(body)).encode()
-            + b"\r\n"
-            + extra
-            + b"\r\n"
-            + body
-        )
+    def request(self, head: bytes, body: bytes) -> None:
+        raise NotImplementedError
 
-    async def handle(self, method: bytes, path: bytes, body: bytes) -> None:
+
+class Invoke(Side):
+    def request(self, head: bytes, body: bytes) -> None:
         broker = self.broker
-        loop = asyncio.get_running_loop()
-        if path.endswith(b"/invocations"):
-            future: asyncio.Future[bytes] = loop.create_future()
-            if broker.waiting_runtimes:
-                request_id = str(next(broker.ids))
-                broker.running[request_id] = future
-                broker.waiting_runtimes.popleft().set_result((request_id, body))
-            else:
-                broker.waiting_invokes.append((body, future))
-            self.reply(b"200 OK", await future)
-        elif path.endswith(b"/next"):
-            if broker.waiting_invokes:
-                payload, future = broker.waiting_invokes.popleft()
-                request_id = str(next(broker.ids))
-                broker.running[request_id] = future
-            else:
-                waiter: asyncio.Future[tuple[str, bytes]] = loop.create_future()
-                broker.waiting_runtimes.append(waiter)
-                request_id, payload = await waiter
-            deadline = str(int(time.time() * 1000) + 3000).encode()
-            self.reply(
-                b"200 OK",
-                payload,
-                b"Lambda-Runtime-Aws-Request-Id: "
-                + request_id.encode()
-                + b"\r\nLambda-Runtime-Deadline-Ms: "
-                + deadline
-                + b"\r\nLambda-Runtime-Invoked-Function-Arn: "
-                + ARN
-                + b"\r\nContent-Type: application/json\r\n",
-            )
+        if broker.runtimes:
+            broker.dispatch(broker.runtimes.popleft(), self, body)
         else:
-            request_id = path.split(b"/")[-2].decode()
-            broker.running.pop(request_id).set_result(body)
-            self.reply(b"202 Accepted", b'{"status":"OK"}')
+            broker.invokes.append((self, body))
+
+    def answer(self, body: bytes) -> None:
+        self.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body))
+
+
+class Runtime(Side):
+    def request(self, head: bytes, body: bytes) -> None:
+        broker = self.broker
+        if head[0] == 71:  # GET .../next
+            if broker.invokes:
+                client, payload = broker.invokes.popleft()
+                broker.dispatch(self, client, payload)
+            else:
+                broker.runtimes.append(self)
+            return
+        # POST /2018-06-01/runtime/invocation/ID/response
+        request_id = head[36 : head.find(b"/", 36)]
+        broker.running.pop(request_id).answer(body)
+        self.write(ACCEPTED)
+
+    def send_next(self, request_id: bytes, payload: bytes) -> None:
+        deadline = int(time.time() * 1000) + 3000
+        self.write(
+            b"%b%b\r\nLambda-Runtime-Deadline-Ms: %d\r\nContent-Length: %d\r\n\r\n%b"
+            % (NEXT_HEAD, request_id, deadline, len(payload), payload)
+        )
 
 
 async def serve(port: int, runtime_port: int, command: list[str], instances: int) -> None:
     broker = Broker()
     loop = asyncio.get_running_loop()
-    await loop.create_server(lambda: Http(broker), "127.0.0.1", port)
-    await loop.create_server(lambda: Http(broker), "127.0.0.1", runtime_port)
+    await loop.create_server(lambda: Invoke(broker), "127.0.0.1", port, backlog=1024)
+    await loop.create_server(lambda: Runtime(broker), "127.0.0.1", runtime_port, backlog=1024)
     env = dict(os.environ, AWS_LAMBDA_RUNTIME_API=f"127.0.0.1:{runtime_port}")
     children = [subprocess.Popen(command, env=env) for _ in range(instances)]  # noqa: ASYNC220
     try:
@@ -137,8 +136,19 @@ async def serve(port: int, runtime_port: int, command: list[str], instances: int
             child.wait()
 
 
-if __name__ == "__main__":
-    # floor.py PORT RUNTIME_PORT INSTANCES COMMAND...
-    port, runtime_port, instances = (int(a) for a in sys.argv[1:4])
+def main(argv: list[str]) -> None:
+    loop = "uvloop"
+    if argv[0] == "--loop":
+        loop, argv = argv[1], argv[2:]
+    port, runtime_port, instances = (int(a) for a in argv[:3])
+    run: Callable[..., None] = asyncio.run
+    if loop == "uvloop":
+        import uvloop
+
+        run = uvloop.run
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(port, runtime_port, sys.argv[4:], instances))
+        run(serve(port, runtime_port, argv[3:], instances))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
