@@ -12,7 +12,7 @@ import shutil
 import signal
 import socket
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,14 +70,23 @@ def daemon_main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as error:
         fail(str(error))
         return
+    run_service(config, lambda: _serve(config, invoke_socket), "lambda-runtime-api-daemon")
+
+
+def run_service(
+    config: DaemonConfig | ServerConfig,
+    main: Callable[[], Coroutine[Any, Any, int]],
+    prog: str,
+) -> None:
+    """Set up logging, protect the credentials, run `main` and exit with its status."""
     from lambda_rapid.log import setup_logging
 
     setup_logging(config.log_level, config.structured_logging)
-    protect(config.amqp, runtimes=True)
+    protect(config.amqp, runtimes=isinstance(config, DaemonConfig))
     try:
-        status = run(_serve(config, invoke_socket))
+        status = run(main())
     except ConfigError as error:
-        fail(str(error))
+        fail(str(error), prog)
     except KeyboardInterrupt:
         status = 0
     raise SystemExit(status)
@@ -122,17 +131,7 @@ def server_main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as error:
         fail(str(error), "lambda-server")
         return
-    from lambda_rapid.log import setup_logging
-
-    setup_logging(config.log_level, config.structured_logging)
-    protect(config.amqp, runtimes=False)
-    try:
-        status = run(_serve_server(config))
-    except ConfigError as error:
-        fail(str(error), "lambda-server")
-    except KeyboardInterrupt:
-        status = 0
-    raise SystemExit(status)
+    run_service(config, lambda: _serve_server(config), "lambda-server")
 
 
 async def _serve_server(config: ServerConfig) -> int:
