@@ -141,6 +141,14 @@ class Dispatcher:
         # Instances to stop at their next /next instead of giving them work (hot reload).
         self._outdated: set[Instance] = set()
         self._recycled: set[Instance] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        # Cached: asyncio.get_running_loop() costs a getpid() system call each time.
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     def start(self) -> None:
         """Start the pool's and the dispatcher's own background work (idle reclaim)."""
@@ -185,7 +193,7 @@ class Dispatcher:
         response resolves it as soon as it begins, with a ``StreamedResult``; otherwise
         a streamed response is collected and the future gets the whole body.
         """
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         future: asyncio.Future[InvocationResult] = loop.create_future()
         if self._closed:
             future.set_result(shutdown_result())
@@ -277,7 +285,7 @@ class Dispatcher:
             self.metrics.started(invocation)  # before an Event's clock restarts
         if job.timer is None:  # an Event: its time starts now
             invocation.started_at = time.time()
-            loop = asyncio.get_running_loop()
+            loop = self._running_loop()
             job.timer = loop.call_later(invocation.timeout, self._on_deadline, job)
         self._reporter.start(invocation, instance.output)
         if instance.extensions is not None:
@@ -307,7 +315,7 @@ class Dispatcher:
             if job is not None:
                 self._start(instance, job)
                 return job.invocation
-        waiter: asyncio.Future[Invocation] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[Invocation] = self._running_loop().create_future()
         instance.waiter = waiter
         if instance.free:
             self._idle.append(instance)

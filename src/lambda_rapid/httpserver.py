@@ -206,7 +206,25 @@ def plain_refusal(status: int) -> Response:
     return Response(status, HTTPStatus(status).phrase.encode(), {"Content-Type": "text/plain"})
 
 
-Handler = Callable[[Request], "Response | Awaitable[Response]"]
+class Deferred:
+    """An answer still to come from `future`: rendered by `render` from its result, or by
+    `fail` from its exception (a CancelledError when it was cancelled), in the future's
+    own done-callback. Cheaper than a chained future: one loop turn, not two."""
+
+    __slots__ = ("future", "render", "fail")
+
+    def __init__(
+        self,
+        future: asyncio.Future[Any],
+        render: Callable[[Any], Response],
+        fail: Callable[[BaseException], Response],
+    ) -> None:
+        self.future = future
+        self.render = render
+        self.fail = fail
+
+
+Handler = Callable[[Request], "Response | Deferred | Awaitable[Response]"]
 ErrorRenderer = Callable[[Exception], Response]
 Refusal = Callable[[int], Response]
 
@@ -583,6 +601,9 @@ class HttpProtocol(asyncio.Protocol):
                 self._write(answer, request.keep_alive, request.method == "HEAD")
                 continue
             self._busy = True
+            if isinstance(answer, Deferred):
+                answer.future.add_done_callback(partial(self._rendered, request, answer))
+                continue
             future = asyncio.ensure_future(answer)
             future.add_done_callback(partial(self._answered, request))
         if self._stopped:
@@ -603,6 +624,24 @@ class HttpProtocol(asyncio.Protocol):
             answer = self._on_error(error)  # type: ignore[arg-type]
         else:
             answer = done.result()
+        self._write(answer, request.keep_alive, request.method == "HEAD")
+        self._next()
+
+    def _rendered(self, request: Request, deferred: Deferred, done: asyncio.Future[Any]) -> None:
+        self._busy = False
+        try:
+            if done.cancelled():
+                answer = deferred.fail(asyncio.CancelledError())
+            else:
+                error = done.exception()
+                answer = deferred.render(done.result()) if error is None else deferred.fail(error)
+        except asyncio.CancelledError:
+            self._pending.clear()
+            self._write(self._refuse(503), False)
+            return
+        except Exception as error:  # noqa: BLE001 - a rendering bug must not kill the server
+            logger.exception("error handling %s %s", request.method, request.path)
+            answer = self._on_error(error)
         self._write(answer, request.keep_alive, request.method == "HEAD")
         self._next()
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 import re
 import time
 from dataclasses import dataclass, field
+from random import getrandbits
 
 from lambda_rapid.errors import (
     MAX_CLIENT_CONTEXT,
@@ -175,17 +175,21 @@ def check_trace_id(header: str | None) -> str | None:
 
 def new_trace_id() -> str:
     """An X-Ray trace header, as Lambda generates when the caller sent none."""
-    random = os.urandom(20).hex()
-    return f"Root=1-{int(time.time()):08x}-{random[:24]};Parent={random[24:]};Sampled=0"
+    bits = f"{getrandbits(160):040x}"
+    return f"Root=1-{int(time.time()):08x}-{bits[:24]};Parent={bits[24:]};Sampled=0"
+
+
+# Version 4 and the RFC 4122 variant, over 128 random bits.
+UUID_CLEAR = ~((0xF << 76) | (0x3 << 62))
+UUID_SET = (0x4 << 76) | (0x2 << 62)
 
 
 def new_request_id() -> str:
-    """A random (version 4) UUID string.
+    """A random (version 4) UUID string, as Lambda's request ids are.
 
-    The same as str(uuid.uuid4()) at a fifth of the cost: this runs for every invocation.
+    From the random module (seeded from the OS, reseeded after a fork) rather than
+    os.urandom: ids must be unique, not secret, and this saves a system call per
+    invocation.
     """
-    raw = bytearray(os.urandom(16))
-    raw[6] = raw[6] & 0x0F | 0x40  # version 4
-    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
-    h = raw.hex()
+    h = f"{getrandbits(128) & UUID_CLEAR | UUID_SET:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

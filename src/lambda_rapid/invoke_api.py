@@ -40,7 +40,14 @@ from lambda_rapid.errors import (
 )
 from lambda_rapid.eventstream import CHUNK_HEADERS, invoke_complete, message, payload_chunks
 from lambda_rapid.futures import chain
-from lambda_rapid.httpserver import HttpServer, Limits, Request, Response, StreamedResponse
+from lambda_rapid.httpserver import (
+    Deferred,
+    HttpServer,
+    Limits,
+    Request,
+    Response,
+    StreamedResponse,
+)
 from lambda_rapid.invocation import (
     Invocation,
     InvocationResult,
@@ -270,7 +277,7 @@ class InvokeApi:
     async def close(self) -> None:
         self._server.close()
 
-    def handle(self, request: Request) -> Response | Awaitable[Response]:
+    def handle(self, request: Request) -> Response | Deferred | Awaitable[Response]:
         """Route one request: the invoke path, or AWS's answer for anything else."""
         path = request.path
         if self._watchdog is not None and (path == "/" or path.startswith("/_/")):
@@ -292,7 +299,7 @@ class InvokeApi:
         except InvokeError as error:
             return render_error(error, request_id)
 
-    def _stream_route(self, request: Request) -> Response | Awaitable[Response]:
+    def _stream_route(self, request: Request) -> Response | Deferred | Awaitable[Response]:
         """InvokeWithResponseStream: the same checks as Invoke, the answer as events."""
         path = request.path
         request_id = new_request_id()
@@ -309,7 +316,7 @@ class InvokeApi:
 
     def _invoke_stream(
         self, request: Request, request_id: str, function_name: str
-    ) -> Response | Awaitable[Response]:
+    ) -> Response | Deferred | Awaitable[Response]:
         headers = request.headers
         invocation_type = headers.get("x-amz-invocation-type", "RequestResponse")
         if invocation_type not in STREAM_INVOCATION_TYPES:
@@ -344,7 +351,7 @@ class InvokeApi:
 
     def _watchdog_route(
         self, request: Request, watchdog: Watchdog
-    ) -> Response | Awaitable[Response]:
+    ) -> Response | Deferred | Awaitable[Response]:
         """OpenFaaS watchdog routes: health, readiness (429 when full), invoke on /."""
         if request.path == "/_/health":
             return Response(200, b"OK")
@@ -361,11 +368,11 @@ class InvokeApi:
             return render_error(error, request_id)
         if isinstance(answer, Response):
             return watchdog_status(answer)
-        return then(answer, watchdog_status)
+        return then_status(answer)
 
     def _invoke(
         self, request: Request, request_id: str, function_name: str
-    ) -> Response | Awaitable[Response]:
+    ) -> Response | Deferred | Awaitable[Response]:
         headers = request.headers
         invocation_type = headers.get("x-amz-invocation-type", "RequestResponse")
         if invocation_type not in INVOCATION_TYPES:
@@ -421,12 +428,29 @@ def watchdog_status(response: Response) -> Response:
     return response
 
 
-def then(awaitable: Awaitable[T], render: Callable[[T], Response]) -> asyncio.Future[Response]:
+def then(
+    awaitable: Awaitable[T], render: Callable[[T], Response]
+) -> Deferred | asyncio.Future[Response]:
     """The response rendered from `awaitable`'s result, or from the InvokeError it raised.
 
-    A future (the dispatcher's) is chained by callback; anything else runs as a task.
+    A future (the dispatcher's) is answered from its own callback; anything else runs as
+    a task.
     """
+    if isinstance(awaitable, asyncio.Future):
+        return Deferred(awaitable, render, render_invoke_error)
     return chain(asyncio.ensure_future(awaitable), render, render_invoke_error)
+
+
+def then_status(answer: Deferred | Awaitable[Response]) -> Deferred | Awaitable[Response]:
+    """`answer` with the OpenFaaS status applied once it comes."""
+    if isinstance(answer, Deferred):
+        render, fail = answer.render, answer.fail
+        return Deferred(
+            answer.future,
+            lambda result: watchdog_status(render(result)),
+            lambda error: watchdog_status(fail(error)),
+        )
+    return then(answer, watchdog_status)
 
 
 def render_invoke_error(error: BaseException) -> Response:

@@ -30,8 +30,7 @@ from lambda_rapid.errors import (
     response_too_large_error,
 )
 from lambda_rapid.extensions_api import ExtensionsApi
-from lambda_rapid.futures import chain
-from lambda_rapid.httpserver import BodySink, HttpServer, Request, Response
+from lambda_rapid.httpserver import BodySink, Deferred, HttpServer, Request, Response
 from lambda_rapid.instance import Instance
 from lambda_rapid.invocation import Invocation, InvocationResult
 from lambda_rapid.peers import PeerCheck, proc_available
@@ -191,7 +190,7 @@ class RuntimeApi:
     def instance_at(self, slot: int) -> Instance | None:
         return self._core.instance_at(slot)
 
-    def handle(self, slot: int, request: Request) -> Response | Awaitable[Response]:
+    def handle(self, slot: int, request: Request) -> Response | Deferred | Awaitable[Response]:
         """Route one request from the instance in `slot`."""
         instance = self._core.instance_at(slot)
         if instance is None:
@@ -217,11 +216,11 @@ class RuntimeApi:
             return render_error(error)
         return NOT_FOUND()
 
-    def next(self, instance: Instance) -> Response | Awaitable[Response]:
+    def next(self, instance: Instance) -> Response | Deferred:
         invocation = self._core.next_invocation(instance)
         if isinstance(invocation, Invocation):
             return next_response(invocation)
-        return chain(invocation, next_response, stopped)
+        return Deferred(invocation, next_response, stopped)
 
     def stream_body(
         self, slot: int, request: Request, resume: Callable[[], None]
