@@ -184,6 +184,17 @@ class RpcClient:
             confirmation = await exchange.publish(message, function_name, mandatory=True)
         except BROKER_ERRORS:
             raise ServiceUnavailable("The broker is unavailable") from None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            # aiormq cancels a pending confirmation when the connection closes under it.
+            raise ServiceUnavailable("The broker is unavailable") from None
+        except Exception as error:  # noqa: BLE001
+            # aiormq fails pending confirmations with a bare Exception when a connection is
+            # lost: the publish did not happen, as for any broker error.
+            logger.warning("publish to %s failed: %r", function_name, error)
+            raise ServiceUnavailable("The broker is unavailable") from None
         if isinstance(confirmation, DeliveredMessage):  # returned: no queue bound
             raise ResourceNotFound(f"Function not found: {arn}")
 
