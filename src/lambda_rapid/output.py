@@ -193,11 +193,14 @@ class LogCapture:
     kept, bounded.
     """
 
-    __slots__ = ("_log", "_pipes")
+    __slots__ = ("_log", "_pipes", "tap")
 
     def __init__(self) -> None:
         self._log: bytearray | None = None
         self._pipes: tuple[OutputPipe, ...] = ()
+        # Also given the runtime's whole lines (not the platform's), when an extension
+        # subscribed to them (telemetry); None otherwise.
+        self.tap: Callable[[bytes], None] | None = None
 
     @property
     def active(self) -> bool:
@@ -213,6 +216,13 @@ class LogCapture:
     def add(self, data: bytes) -> None:
         if self._log is not None and data:
             append_log(self._log, data)
+
+    def printed(self, data: bytes) -> None:
+        """Whole lines the runtime printed."""
+        if self._log is not None and data:
+            append_log(self._log, data)
+        if self.tap is not None and data:
+            self.tap(data)
 
     def drain(self) -> None:
         """Take in what the runtime has written so far: it belongs before END."""
@@ -248,13 +258,13 @@ class OutputPipe(asyncio.Protocol):
         self.closed = asyncio.get_running_loop().create_future()
 
     def data_received(self, data: bytes) -> None:
-        self._capture.add(self._lines.feed(data))
+        self._capture.printed(self._lines.feed(data))
 
     def eof_received(self) -> bool:
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._capture.add(self._lines.flush())
+        self._capture.printed(self._lines.flush())
         if not self.closed.done():
             self.closed.set_result(None)
 
