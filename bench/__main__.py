@@ -36,6 +36,8 @@ RIC = [sys.executable, "-m", "awslambdaric", "echo.handler"]
 ECHO_DIR = REPO / "examples" / "echo"
 BROKER = "amqp://guest:guest@127.0.0.1:5672/"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# The checkout given with --against, measured as "base" beside ours.
+BASE: list[Path] = []
 # The floor (on uvloop, which measured cheaper) and, to compare, its variants.
 FLOORS = {
     "floor": [str(REPO / "bench" / "floor.py")],
@@ -117,6 +119,9 @@ def start(
     env.update(extra_env or {})
     if kind == "ours":
         command = [DAEMON, *runtime]
+    elif kind == "base":  # another checkout's daemon (--against), on this interpreter
+        command = [sys.executable, "-m", "lambda_rapid", *runtime]
+        env["PYTHONPATH"] = str(BASE[0] / "src")
     else:
         command = [
             sys.executable,
@@ -267,6 +272,10 @@ def measure_memory(kind: str, invocations: int) -> dict[str, float]:
 
 
 def measure_startup(kind: str) -> dict[str, float]:
+    """Exec to the Invoke API accepting, and to the first answered invocation; the
+    server's own share of the latter is what remains once the runtime's own start-up
+    (measured alone just before) is taken out."""
+    runtime = runtime_startup(RAW)
     began = time.perf_counter()
     server = start(kind, RAW, 1)
     listening = time.perf_counter() - began
@@ -275,7 +284,33 @@ def measure_startup(kind: str) -> dict[str, float]:
         first = time.perf_counter() - began
     finally:
         stop(server)
-    return {"listen_ms": listening * 1000, "first_ms": first * 1000}
+    return {
+        "listen_ms": listening * 1000,
+        "first_ms": first * 1000,
+        "runtime_ms": runtime * 1000,
+        "share_ms": (first - runtime) * 1000,
+    }
+
+
+def runtime_startup(runtime: list[str]) -> float:
+    """Seconds from exec of `runtime` to its first Runtime API request arriving whole."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        env = dict(os.environ, AWS_LAMBDA_RUNTIME_API=f"127.0.0.1:{port}")
+        began = time.perf_counter()
+        proc = subprocess.Popen(runtime, cwd=ECHO_DIR, env=env, stdout=subprocess.DEVNULL)
+        try:
+            conn, _ = listener.accept()
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += conn.recv(65536)
+                return time.perf_counter() - began
+        finally:
+            proc.kill()
+            proc.wait()
 
 
 def broker_up() -> bool:
@@ -381,6 +416,7 @@ def run(quick: bool, count: int) -> dict[str, Any]:
         key = f"{runtime_name} C={conc} MAX_CONCURRENCY={instances}"
         print(f"load: {key}", file=sys.stderr)
         report[key] = rounds(count, partial(measure_one, runtime, conc, instances, seconds))
+    report["floors"] = measure_floors(count, seconds, cases)
     report["metrics"] = measure_metrics_cost(count, seconds)
     print("memory", file=sys.stderr)
     report["memory"] = rounds(1, lambda kind: measure_memory(kind, 2000 if quick else 20000))
@@ -393,6 +429,38 @@ def run(quick: bool, count: int) -> dict[str, Any]:
 
 
 METRICS_CASES = (("raw", RAW, 1, 1), ("raw", RAW, 8, 4))
+FLOOR_KINDS = ("floor", "floor on asyncio", "old floor")
+
+
+def measure_floors(count: int, seconds: float, cases: list[Any]) -> dict[str, Any]:
+    """The floor on uvloop and on asyncio's loop, and the old floor, in alternating rounds."""
+    floors: dict[str, Any] = {}
+    for runtime_name, runtime, conc, instances in cases:
+        key = f"{runtime_name} C={conc} MAX_CONCURRENCY={instances}"
+        print(f"floors: {key}", file=sys.stderr)
+        measure = partial(measure_one, runtime, conc, instances, seconds)
+        floors[key] = rounds(count, measure, FLOOR_KINDS)
+    return floors
+
+
+def floors_markdown(floors: dict[str, Any]) -> list[str]:
+    """Each floor's CPU per invocation and throughput: median (min..max) and its ratio to
+    the floor kept (uvloop)."""
+    lines = [
+        "",
+        "| floors: CPU µs/inv, inv/s | " + " | ".join(FLOOR_KINDS) + " |",
+        "|---|" + "---|" * len(FLOOR_KINDS),
+    ]
+    for key, case in floors.items():
+        cells = []
+        for kind in FLOOR_KINDS:
+            cpu, rate = case[kind]["cpu_us"], case[kind]["rate"]
+            base_cpu = case["floor"]["cpu_us"]["median"]
+            cells.append(
+                f"{spread(cpu)} µs = {cpu['median'] / base_cpu:.2f}×, {rate['median']:.4g}/s"
+            )
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def measure_metrics_cost(count: int, seconds: float) -> dict[str, Any]:
@@ -456,12 +524,17 @@ def markdown(report: dict[str, Any]) -> str:
         + " | ".join(ratio(report, "memory", m) for m in ("idle_mb", "loaded_mb", "growth_mb"))
         + " |",
         "",
-        "| start-up | Invoke API listening ms | first invocation ms |",
-        "|---|---|---|",
+        "| start-up | Invoke API listening ms | first invocation ms | the runtime alone ms "
+        "| the server's share ms |",
+        "|---|---|---|---|---|",
         "| raw runtime | "
-        + " | ".join(ratio(report, "startup", m) for m in ("listen_ms", "first_ms"))
+        + " | ".join(
+            ratio(report, "startup", m) for m in ("listen_ms", "first_ms", "runtime_ms", "share_ms")
+        )
         + " |",
     ]
+    if "floors" in report:
+        lines += floors_markdown(report["floors"])
     if "metrics" in report:
         lines += metrics_markdown(report["metrics"])
     if "amqp" in report:
