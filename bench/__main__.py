@@ -415,7 +415,8 @@ def run(quick: bool, count: int) -> dict[str, Any]:
     for runtime_name, runtime, conc, instances in cases:
         key = f"{runtime_name} C={conc} MAX_CONCURRENCY={instances}"
         print(f"load: {key}", file=sys.stderr)
-        report[key] = rounds(count, partial(measure_one, runtime, conc, instances, seconds))
+        kinds = ("ours", "base", "floor") if BASE else ("ours", "floor")
+        report[key] = rounds(count, partial(measure_one, runtime, conc, instances, seconds), kinds)
     report["floors"] = measure_floors(count, seconds, cases)
     report["metrics"] = measure_metrics_cost(count, seconds)
     print("memory", file=sys.stderr)
@@ -588,7 +589,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 3)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--docs", action="store_true", help="update docs/benchmarks.md and .png")
+    parser.add_argument(
+        "--against", type=Path, help="a checkout whose daemon is measured too (results.json)"
+    )
     args = parser.parse_args()
+    if args.against is not None:
+        BASE.append(args.against)
     report = run(args.quick, args.rounds or (1 if args.quick else 3))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(report, indent=2))
