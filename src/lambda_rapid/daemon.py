@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from lambda_rapid.config import DaemonConfig
 from lambda_rapid.dispatcher import Dispatcher
+from lambda_rapid.extensions import enable_telemetry
 from lambda_rapid.extensions_api import ExtensionsApi
 from lambda_rapid.invoke_api import InvokeApi, LocalBackend, Watchdog
 from lambda_rapid.lifecycle import Lifecycle
@@ -53,6 +54,9 @@ class Daemon:
         )
         # Extensions: their registry, lifecycle observer and Telemetry/Logs hooks.
         self.extensions = self.dispatcher.hub
+        enable_telemetry(
+            self.extensions, config.function_version, config.memory_size, config.extensions_dir
+        )
         extensions_api = ExtensionsApi(self.extensions, self.dispatcher)
         self.runtime_api = RuntimeApi(config, slots, self.dispatcher, extensions_api)
         self.consumer = self._amqp_consumer()

@@ -423,14 +423,17 @@ class Dispatcher:
 
     def _init_moments(self, instance: Instance, error_type: str | None = None) -> None:
         """Init ends when the runtime and every extension wait for work, or it failed."""
-        if instance.init_duration_ms is not None:
+        extensions = instance.extensions
+        unreported = extensions is not None and not extensions.init_reported
+        if instance.init_duration_ms is not None and not unreported:
             return
         if error_type is None:
             duration = instance.settle_init()
         else:
             duration = (time.monotonic() - instance.spawned_at) * 1000
         observer = self.hub.observer
-        if observer is not None and duration is not None:
+        if observer is not None and duration is not None and extensions is not None:
+            extensions.init_reported = True  # ready() may have settled init already
             observer.runtime_init_done(instance, error_type)
             observer.init_report(instance, duration, error_type)
 
@@ -507,6 +510,8 @@ class Dispatcher:
         stop: Coroutine[object, object, None],
     ) -> None:
         """SHUTDOWN to the extensions, up to Lambda's limit, then the processes' stop."""
+        if self.hub.observer is not None:  # telemetry: deliver what is buffered now
+            self.hub.observer.instance_gone(instance)
         limit = extensions.shutdown_limit
         done = extensions.shutdown(reason, limit)
         with contextlib.suppress(TimeoutError):
@@ -524,6 +529,8 @@ class Dispatcher:
             self._idle.remove(instance)
         # Its runtime's /next stays pending (as without extensions): it is stopped next.
         instance.stopping()
+        if self.hub.observer is not None:  # telemetry: deliver what is buffered now
+            self.hub.observer.instance_gone(instance)
         limit = extensions.shutdown_limit
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(extensions.shutdown("spindown", limit).wait(), limit)
@@ -637,6 +644,8 @@ class Dispatcher:
         if self._slots[instance.slot] is instance:
             self._slots[instance.slot] = None
             self._free_slots.append(instance.slot)
+            if self.hub.observer is not None:
+                self.hub.observer.instance_gone(instance)
 
     @staticmethod
     def _release(instance: Instance) -> None:

@@ -139,6 +139,9 @@ class Observer(Protocol):
     def extension_output(self, instance: Instance, name: str, lines: bytes) -> None:
         """Whole lines an external extension printed (stdout and stderr alike)."""
 
+    def instance_gone(self, instance: Instance) -> None:
+        """The instance is being shut down or has ended (called at least once)."""
+
 
 SubscribeHandler = Callable[["Extension", "Request"], "Response | Awaitable[Response]"]
 
@@ -208,6 +211,7 @@ class ExtensionSet:
         self.shutting_down: set[Extension] | None = None
         self.shutdown_done: asyncio.Event | None = None
         self.overdue: asyncio.TimerHandle | None = None
+        self.init_reported = False  # the observer heard this instance's init end
 
     @property
     def idle(self) -> bool:
@@ -464,3 +468,25 @@ class Hub:
                 403, "Extension.UnknownExtensionIdentifier", "Unknown extension identifier"
             )
         return extension
+
+
+def enable_telemetry(hub: Hub, version: str, memory_size: int, extensions_dir: str) -> None:
+    """Serve the Telemetry and Logs APIs through `hub`.
+
+    telemetry.py is loaded only when an extension may use it: at once when external
+    extensions exist (they subscribe during their instance's init, and get its records
+    from its start), otherwise at the first subscription (an internal extension's).
+    """
+
+    def first(api: str, extension: Extension, request: Request) -> Response:
+        from lambda_rapid.telemetry import install
+
+        return install(hub, version, memory_size).subscribe(api, extension, request)
+
+    if discover(extensions_dir):
+        from lambda_rapid.telemetry import install
+
+        install(hub, version, memory_size)
+        return
+    hub.telemetry = lambda extension, request: first("telemetry", extension, request)
+    hub.logs = lambda extension, request: first("logs", extension, request)

@@ -31,7 +31,7 @@ from lambda_rapid.httpserver import Response
 from lambda_rapid.reports import peak_memory_mb
 
 if TYPE_CHECKING:
-    from lambda_rapid.extensions import Extension
+    from lambda_rapid.extensions import Extension, Hub
     from lambda_rapid.httpserver import Request
     from lambda_rapid.instance import Instance
     from lambda_rapid.invocation import Invocation
@@ -608,6 +608,8 @@ class TelemetryObserver:
     def subscribe(self, api: str, extension: Extension, request: Request) -> Response:
         instance = extension.instance
         hub = self._hubs.get(instance)
+        if hub is None and instance.init_duration_ms is None:  # in init, seen only now
+            hub = self._hubs[instance] = Telemetry(self._version)
         try:
             if hub is None:
                 closed = SubscriptionClosed if api == TELEMETRY else LogsSubscriptionClosed
@@ -702,3 +704,12 @@ def report_metrics(invocation: Invocation, duration_ms: float, memory_size: int)
     used = max(peak_memory_mb(invocation.pid), invocation.peak_memory_mb)
     metrics["maxMemoryUsedMB"] = used
     return metrics
+
+
+def install(hub: Hub, function_version: str, memory_size: int) -> TelemetryObserver:
+    """Make a ``TelemetryObserver`` the extensions hub's observer and subscribe handlers."""
+    observer = TelemetryObserver(function_version, memory_size)
+    hub.observer = observer
+    hub.telemetry = observer.handler(TELEMETRY)
+    hub.logs = observer.handler(LOGS)
+    return observer
