@@ -79,6 +79,7 @@ ENV_VALUES = {
     "AWS_ACCOUNT_ID": ("000011112222", "account_id", "000011112222"),
     "SHUTDOWN_GRACE_PERIOD": ("0", "shutdown_grace", 0.0),
     "RUNTIME_API_PEER_CHECK": ("FALSE", "runtime_api_peer_check", False),
+    "LAMBDA_EXTENSIONS_DIR": ("/srv/ext", "extensions_dir", "/srv/ext"),
 }
 
 
