@@ -255,3 +255,15 @@ async def test_an_error_answer_is_retried() -> None:
     assert listener.batches == [[{"n": 1}]]
     await subscriber.close(0)
     await listener.close(server)
+
+
+def test_the_daemon_does_not_load_telemetry_without_extensions() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, lambda_rapid.cli, lambda_rapid.daemon;"
+        "print('lambda_rapid.telemetry' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
