@@ -300,7 +300,9 @@ def runtime_startup(runtime: list[str]) -> float:
         port = listener.getsockname()[1]
         env = dict(os.environ, AWS_LAMBDA_RUNTIME_API=f"127.0.0.1:{port}")
         began = time.perf_counter()
-        proc = subprocess.Popen(runtime, cwd=ECHO_DIR, env=env, stdout=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            runtime, cwd=ECHO_DIR, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         try:
             conn, _ = listener.accept()
             with conn:

@@ -3,30 +3,22 @@
 A bad setting ends the program with one line naming it and exit status 2. The daemon's
 Invoke API socket is opened before the rest of the daemon is imported: from then on
 clients can connect (the kernel queues them) instead of being refused while it starts.
+When PORT and INVOKE_API_HOST come plainly from the environment (no flags), it is opened
+before even the config is read, with nothing imported but the socket module.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import sys
-from collections.abc import Callable, Coroutine, Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lambda_rapid.config import (
-    ConfigError,
-    DaemonConfig,
-    ServerConfig,
-    daemon_config,
-    init_container_requested,
-    program_path,
-    server_config,
-)
-from lambda_rapid.credentials import protect
-from lambda_rapid.sockets import listen_socket
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine, Sequence
+
+    from lambda_rapid.config import DaemonConfig, ServerConfig
 
 
 def run(main: Coroutine[Any, Any, int]) -> int:
@@ -55,6 +47,12 @@ def fail(message: str, prog: str = "lambda-runtime-api-daemon") -> None:
 
 def daemon_main(argv: Sequence[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, remember_signal)
+    early = None if os.environ.get("KUBERNETES_INIT_CONTAINER") else early_socket(args)
+    from lambda_rapid.config import ConfigError, daemon_config, init_container_requested
+    from lambda_rapid.sockets import listen_socket
+
     if init_container_requested():
         copy_to_shared_volume()
     try:
@@ -63,14 +61,54 @@ def daemon_main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as error:
         fail(str(error))
         return
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, remember_signal)
-    try:
-        invoke_socket = listen_socket(config.invoke_api_host, config.port, "INVOKE_API_HOST:PORT")
-    except ConfigError as error:
-        fail(str(error))
-        return
+    invoke_socket = early if early is not None and serves(early, config) else None
+    if invoke_socket is None:
+        if early is not None:
+            early.close()
+        try:
+            invoke_socket = listen_socket(
+                config.invoke_api_host, config.port, "INVOKE_API_HOST:PORT"
+            )
+        except ConfigError as error:
+            fail(str(error))
+            return
     run_service(config, lambda: _serve(config, invoke_socket), "lambda-runtime-api-daemon")
+
+
+def early_socket(args: Sequence[str]) -> socket.socket | None:
+    """The Invoke API's listening socket from PORT and INVOKE_API_HOST in the environment
+    (IPv4 literals and digits only), or None: then it is opened once the config is read,
+    which also reports why it cannot be (as a setting error)."""
+    if args and args[0].startswith("-"):
+        return None  # flags may name another address
+    host = os.environ.get("INVOKE_API_HOST", "0.0.0.0")
+    port = os.environ.get("PORT", "8080")
+    if not (port.isdigit() and 0 < int(port) < 65536 and is_ipv4(host)):
+        return None
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, int(port)))
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        return None
+    sock.setblocking(False)
+    return sock
+
+
+def is_ipv4(host: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET, host)
+    except OSError:
+        return False
+    return True
+
+
+def serves(sock: socket.socket, config: DaemonConfig) -> bool:
+    """Whether the socket opened early is the one the config asks for."""
+    host, port = sock.getsockname()[:2]
+    return bool(port == config.port and host == config.invoke_api_host)
 
 
 def run_service(
@@ -79,6 +117,8 @@ def run_service(
     prog: str,
 ) -> None:
     """Set up logging, protect the credentials, run `main` and exit with its status."""
+    from lambda_rapid.config import ConfigError, DaemonConfig
+    from lambda_rapid.credentials import protect
     from lambda_rapid.log import setup_logging
 
     setup_logging(config.log_level, config.structured_logging)
@@ -94,6 +134,10 @@ def run_service(
 
 def copy_to_shared_volume() -> None:
     """As a Kubernetes init container: copy this executable to /tmp (a shared volume), exit 0."""
+    import shutil
+
+    from lambda_rapid.config import program_path
+
     source = program_path()
     target = os.path.join("/tmp", os.path.basename(source))
     try:
@@ -110,6 +154,8 @@ def copy_to_shared_volume() -> None:
 
 def check_devnull() -> None:
     """Runtimes get /dev/null as stdin: say so now rather than fail every invocation."""
+    from lambda_rapid.config import ConfigError
+
     try:
         os.close(os.open(os.devnull, os.O_RDWR))
     except OSError as error:
@@ -126,6 +172,8 @@ async def _serve(config: DaemonConfig, invoke_socket: socket.socket) -> int:
 
 
 def server_main(argv: Sequence[str] | None = None) -> None:
+    from lambda_rapid.config import ConfigError, server_config
+
     try:
         config = server_config(sys.argv[1:] if argv is None else argv)
     except ConfigError as error:
@@ -142,6 +190,8 @@ async def _serve_server(config: ServerConfig) -> int:
 
 def frozen_main() -> None:
     """The single executable: named `lambda-server` it is the server, else the daemon."""
+    from pathlib import Path
+
     if Path(sys.argv[0]).name == "lambda-server":
         server_main()
     else:

@@ -7,13 +7,14 @@ import os
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from lambda_rapid.config import DAEMON_SETTINGS
-from tests.e2e.conftest import DAEMON, FUNCTIONS, PYTHON_RIC, free_port
+from tests.e2e.conftest import DAEMON, FUNCTIONS, PYTHON_RIC, free_port, wait_for_port
 
 RUNTIME = [*PYTHON_RIC, "fn.handler"]
 
@@ -217,3 +218,17 @@ def test_log_level_error_hides_info(start_daemon: Any) -> None:
     assert daemon.stop() == 0
     assert " INFO " not in daemon.stderr()
     assert " DEBUG " not in daemon.stderr()
+
+
+def test_port_flag_wins_over_the_environment(start_daemon: Any) -> None:
+    """The Invoke API listens where --port says, not on PORT from the environment (which
+    the daemon opens before reading its config when no flag is given)."""
+    flag_port = free_port()
+    daemon = start_daemon(args=["--port", str(flag_port)], wait=False)
+    wait_for_port(flag_port, daemon.proc)
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", daemon.port)) != 0
+    url = f"http://127.0.0.1:{flag_port}/2015-03-31/functions/fn/invocations"
+    request = urllib.request.Request(url, data=b'{"a": 1}', method="POST")
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        assert json.loads(answer.read()) == {"a": 1}
