@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import secrets
+import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -60,7 +60,8 @@ ExitCallback = Callable[["Instance", str | None], None]
 def log_stream_name(version: str) -> str:
     """A CloudWatch-style log stream name for a new instance."""
     day = time.strftime("%Y/%m/%d", time.gmtime())
-    return f"{day}/[{version}]{secrets.token_hex(16)}"
+    # os.urandom rather than secrets: the same bytes without importing hashlib (~0.8 MB).
+    return f"{day}/[{version}]{os.urandom(16).hex()}"
 
 
 class Instance:
