@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
 import aio_pika
+import aiormq
 from aio_pika.abc import (
     AbstractChannel,
     AbstractIncomingMessage,
@@ -27,7 +29,12 @@ from aio_pika.abc import (
     DeliveryMode,
     ExchangeType,
 )
+from aio_pika.message import IncomingMessage
+from aiormq.abc import ChannelFrame, DeliveredMessage
+from pamqp import commands as spec
+from pamqp.body import ContentBody
 from pamqp.common import FieldTable
+from pamqp.header import ContentHeader
 
 from lambda_rapid.amqp_connection import (
     BROKER_ERRORS,
@@ -79,7 +86,8 @@ logger = logging.getLogger(__name__)
 
 MALFORMED = "MalformedMessage"  # x-condition of a message dead-lettered as it came
 
-Submit = Callable[[Invocation], Awaitable[InvocationResult]]
+Submit = Callable[[Invocation], asyncio.Future[InvocationResult]]
+JSON = "application/json"
 
 
 def persistent_message(
@@ -129,11 +137,14 @@ class RpcConsumer:
         self._amqp = config.amqp
         self._submit = submit
         self._channel: AbstractChannel | None = None
+        self._confirmed: AbstractChannel | None = None
+        self._raw: aiormq.Channel | None = None
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
         # Set while the function's queue is declared, bound and consumed.
         self.consuming = asyncio.Event()
         self.metrics: EventObserver | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         """Consume until cancelled; reconnect on loss; raise BrokerUnavailable at the end."""
@@ -146,18 +157,30 @@ class RpcConsumer:
                 logger.warning("broker connection failed (%s); reconnecting", error)
             finally:
                 self.consuming.clear()
-                self._channel = None
+                self._channel = self._confirmed = self._raw = None
                 if not connection.is_closed:
                     await connection.close()
 
     async def _serve(self, connection: aio_pika.abc.AbstractConnection) -> None:
         closed = closed_future(connection)
-        channel = await connection.channel(publisher_confirms=True)
+        # Deliveries, RPC replies and acks share one channel without publisher confirms: a
+        # reply and its ack leave in one write, in order (the reply goes to a transient
+        # reply-to queue, which a confirm would not make any safer). What must survive the
+        # broker (Events, retries, dead letters) is published on a confirming channel and
+        # acknowledged only once confirmed.
+        channel = await connection.channel(publisher_confirms=False)
+        self._confirmed = await connection.channel(publisher_confirms=True)
+        # No more than the instances: other daemons on the queue take the rest. A reply
+        # carries its ack, so the broker sends the next message as the reply leaves.
         await channel.set_qos(prefetch_count=self._config.max_concurrency)
         queue = await self._declare(channel)
         self._channel = channel
         self._queue = queue
-        self._consumer_tag = await queue.consume(self.on_message)
+        raw = await channel.get_underlay_channel()
+        assert isinstance(raw, aiormq.Channel)
+        self._raw = raw
+        consumed = await raw.basic_consume(queue.name, self._deliver)
+        self._consumer_tag = consumed.consumer_tag
         logger.info("consuming queue %s at %s", self._config.function_name, self._amqp.display)
         self.consuming.set()
         await closed
@@ -190,7 +213,7 @@ class RpcConsumer:
         """Make an HTTP Event invocation durable: persist it on the function's queue."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.consuming.wait(), READY_WAIT)
-        channel = self._channel
+        channel = self._confirmed
         if channel is None or channel.is_closed:
             raise ServiceUnavailable("The broker is unavailable; the event was not queued")
         headers: dict[str, Any] = {}
@@ -205,6 +228,66 @@ class RpcConsumer:
             ) from None
         if self.metrics is not None:
             self.metrics.event_queued()
+
+    async def _deliver(self, delivered: DeliveredMessage) -> None:
+        """A delivery: a fresh RPC request runs on the fast path, anything else as before."""
+        properties = delivered.header.properties
+        reply_to = properties.reply_to
+        headers = properties.headers or {}
+        channel = self._raw
+        if channel and reply_to and not delivered.redelivered and ATTEMPT not in headers:
+            try:
+                check_properties(properties.correlation_id, reply_to, headers, properties.timestamp)
+                invocation = self._invocation_of(
+                    delivered.body, properties.message_id, headers, properties.timestamp, False
+                )
+            except InvokeError:
+                pass  # refused on the general path, with its reply
+            else:
+                reply = functools.partial(
+                    self._send_reply,
+                    channel,
+                    delivered.delivery_tag,
+                    reply_to,
+                    properties.correlation_id,
+                )
+                self._submit(invocation).add_done_callback(reply)
+                return
+        await self.on_message(IncomingMessage(delivered, no_ack=False))
+
+    def _send_reply(
+        self,
+        channel: aiormq.Channel,
+        delivery_tag: int | None,
+        reply_to: str,
+        correlation_id: str | None,
+        done: asyncio.Future[InvocationResult],
+    ) -> None:
+        """Publish the reply and acknowledge the request in one write, from the result's
+        callback (no task, no wait for the writer)."""
+        if channel.is_closed or done.cancelled():
+            return  # not acknowledged: the broker redelivers it
+        result = done.result()
+        result.executed_version = self._config.function_version
+        body = result.body
+        properties = spec.Basic.Properties(
+            content_type=JSON, correlation_id=correlation_id, headers=result_headers(result)
+        )
+        frames: list[Any] = [
+            spec.Basic.Publish(exchange="", routing_key=reply_to),
+            ContentHeader(body_size=len(body), properties=properties),
+        ]
+        size = channel.max_content_size
+        frames.extend(ContentBody(body[at : at + size]) for at in range(0, len(body), size))
+        frames.append(spec.Basic.Ack(delivery_tag=delivery_tag or 0))
+        frame = ChannelFrame.marshall(channel.number, frames)
+        try:
+            channel.write_queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            self._tasks.add(
+                task := asyncio.get_running_loop().create_task(channel.write_queue.put(frame))
+            )
+            task.add_done_callback(self._tasks.discard)
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         try:
@@ -245,11 +328,22 @@ class RpcConsumer:
                 await message.reject(requeue=False)
 
     def _invocation(self, message: AbstractIncomingMessage, event: bool) -> Invocation:
-        headers = message.headers or {}
-        check_payload(message.body, MAX_EVENT_PAYLOAD if event else MAX_REQUEST_PAYLOAD)
+        return self._invocation_of(
+            message.body, message.message_id, message.headers or {}, message.timestamp, event
+        )
+
+    def _invocation_of(
+        self,
+        body: bytes,
+        message_id: str | None,
+        headers: Mapping[str, Any],
+        timestamp: datetime | None,
+        event: bool,
+    ) -> Invocation:
+        check_payload(body, MAX_EVENT_PAYLOAD if event else MAX_REQUEST_PAYLOAD)
         invocation = Invocation(
-            request_id=request_id_of(message.message_id),
-            payload=message.body,
+            request_id=request_id_of(message_id),
+            payload=body,
             timeout=self._config.timeout,
             invoked_arn=invoked_arn_of(headers, self._config.function_arn),
             trace_id=trace_id_of(headers),
@@ -258,8 +352,8 @@ class RpcConsumer:
             tenant_id=optional_safe(headers, TENANT_ID),
             want_log_tail=wants_log_tail(headers) and not event,
         )
-        if not event and message.timestamp is not None:
-            invocation.started_at = deadline_start(message.timestamp)
+        if not event and timestamp is not None:
+            invocation.started_at = deadline_start(timestamp)
         return invocation
 
     async def _answer(self, message: AbstractIncomingMessage) -> None:
@@ -303,26 +397,26 @@ class RpcConsumer:
             correlation_id=message.correlation_id,
             reply_to=message.reply_to,
         )
-        await self._require_channel().default_exchange.publish(again, self._config.function_name)
+        await self._require_channel(confirmed=True).default_exchange.publish(
+            again, self._config.function_name
+        )
 
     async def _reply(
         self, request: AbstractIncomingMessage, body: bytes, headers: dict[str, Any]
     ) -> None:
         assert request.reply_to is not None
         reply = aio_pika.Message(
-            body,
-            correlation_id=request.correlation_id,
-            headers=headers,
-            content_type="application/json",
+            body, correlation_id=request.correlation_id, headers=headers, content_type=JSON
         )
         await self._require_channel().default_exchange.publish(
             reply, request.reply_to, mandatory=False
         )
 
-    def _require_channel(self) -> AbstractChannel:
-        if self._channel is None:
+    def _require_channel(self, confirmed: bool = False) -> AbstractChannel:
+        channel = self._confirmed if confirmed else self._channel
+        if channel is None:
             raise ConnectionError("no broker channel")
-        return self._channel
+        return channel
 
     async def _run_event(self, message: AbstractIncomingMessage) -> None:
         headers = message.headers or {}
@@ -395,7 +489,7 @@ class RpcConsumer:
         retry = persistent_message(message.body, message.message_id, copy, message.timestamp)
         if delay:
             retry.expiration = delay
-        await self._require_channel().default_exchange.publish(retry, queue)
+        await self._require_channel(confirmed=True).default_exchange.publish(retry, queue)
 
     def _too_old(self, queued: datetime | None) -> bool:
         """Whether an Event waited longer than MAXIMUM_EVENT_AGE."""
@@ -433,7 +527,7 @@ class RpcConsumer:
         )
         queued = None if message.timestamp == UNDECODABLE_TIME else message.timestamp
         dead = persistent_message(message.body, message_id, dead_headers, queued)
-        channel = self._require_channel()
+        channel = self._require_channel(confirmed=True)
         await channel.default_exchange.publish(dead, self._config.dead_letter_queue)
         if self.metrics is not None:
             self.metrics.event_dead_lettered()
