@@ -118,7 +118,9 @@ def summarize(samples: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
     for kind, runs in samples.items():
         out[kind] = {k: statistics.median(r[k] for r in runs) for k in ("p50_ms", "rate", "cpu_us")}
     out["ratio"] = {
-        k: statistics.median(o[k] / b[k] for o, b in zip(samples["ours"], samples["base"]))
+        k: statistics.median(
+            o[k] / b[k] for o, b in zip(samples["ours"], samples["base"], strict=True)
+        )
         for k in ("p50_ms", "rate", "cpu_us")
     }
     return out
