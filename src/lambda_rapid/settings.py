@@ -528,6 +528,7 @@ GATEWAY_TIMEOUT = Setting(
     "seconds the gateway waits for the function before answering 504",
 )
 
+
 def _invoke_mode(text: str) -> str:
     mode = text.strip().upper()
     if mode not in ("BUFFERED", "RESPONSE_STREAM"):
