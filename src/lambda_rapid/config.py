@@ -225,6 +225,7 @@ class DaemonConfig:
     extensions_init_limit: float = 10.0
     metrics_port: int | None = None
     watch: bool = False
+    provisioned_concurrency: int = 0
 
     @property
     def function_arn(self) -> str:
@@ -289,7 +290,19 @@ def daemon_config(argv: Sequence[str], environ: Mapping[str, str] | None = None)
         extensions_init_limit=_extensions_init_limit(env),
         metrics_port=values.get(settings.METRICS_PORT),
         watch=values[settings.WATCH],
+        provisioned_concurrency=_provisioned(values),
     )
+
+
+def _provisioned(values: SettingValues) -> int:
+    """PROVISIONED_CONCURRENCY, which may not exceed MAX_CONCURRENCY."""
+    provisioned: int = values[settings.PROVISIONED_CONCURRENCY]
+    if provisioned > values[settings.MAX_CONCURRENCY]:
+        raise ConfigError(
+            f"invalid PROVISIONED_CONCURRENCY={provisioned}: must not exceed MAX_CONCURRENCY "
+            f"({values[settings.MAX_CONCURRENCY]})"
+        )
+    return provisioned
 
 
 def _extensions_init_limit(env: Mapping[str, str]) -> float:

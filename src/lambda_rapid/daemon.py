@@ -149,15 +149,16 @@ class Daemon:
             await self.metrics.start()
         if self.watcher is not None:
             self.watcher.start()
-        if self.consumer is None:
-            self._log_ready()
-        else:
+        if self.consumer is not None:
             self._consuming = self.lifecycle.keep(self.consumer.run())
-            # With a broker, "ready" waits for the queue to be consumed: the readiness signal.
-            self._announcing = loop.create_task(self._ready_when_consuming(self.consumer))
+        # "ready" waits for the provisioned instances' init and, with a broker, for the
+        # queue to be consumed: the readiness signal.
+        self._announcing = loop.create_task(self._ready_when_set_up(self.consumer))
 
-    async def _ready_when_consuming(self, consumer: RpcConsumer) -> None:
-        await consumer.consuming.wait()
+    async def _ready_when_set_up(self, consumer: RpcConsumer | None) -> None:
+        await self.dispatcher.provisioned()
+        if consumer is not None:
+            await consumer.consuming.wait()
         self._log_ready()
 
     def _log_ready(self) -> None:

@@ -142,6 +142,9 @@ class Dispatcher:
         self._outdated: set[Instance] = set()
         self._recycled: set[Instance] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Provisioned instances still in their first init, and when none is left.
+        self._provisioning: set[Instance] = set()
+        self._provisioned: asyncio.Future[None] | None = None
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         # Cached: asyncio.get_running_loop() costs a getpid() system call each time.
@@ -153,7 +156,27 @@ class Dispatcher:
     def start(self) -> None:
         """Start the pool's and the dispatcher's own background work (idle reclaim)."""
         self._processes.start()
-        self._reclaimer = asyncio.get_running_loop().create_task(self._reclaim_idle())
+        loop = asyncio.get_running_loop()
+        self._reclaimer = loop.create_task(self._reclaim_idle())
+        self._provisioned = loop.create_future()
+        for _ in range(self._config.provisioned_concurrency):
+            self._provisioning.add(self._spawn(provisioned=True))
+        if not self._provisioning:
+            self._provisioned.set_result(None)
+
+    async def provisioned(self) -> None:
+        """Wait until every provisioned instance has ended its first init (or failed it)."""
+        assert self._provisioned is not None
+        await self._provisioned
+
+    def _settle_provisioned(self, instance: Instance, failed: bool = False) -> None:
+        if instance not in self._provisioning or (instance.init_duration_ms is None and not failed):
+            return
+        self._provisioning.discard(instance)
+        if failed:
+            logger.warning("a provisioned instance failed its init; it is not replaced")
+        if not self._provisioning and self._provisioned is not None:
+            self._provisioned.set_result(None)
 
     def ready(self) -> bool:
         """Whether one more invocation could start now (OpenFaaS readiness)."""
@@ -264,10 +287,14 @@ class Dispatcher:
             self._spawn()
             coming += 1
 
-    def _spawn(self) -> None:
+    def _spawn(self, provisioned: bool = False) -> Instance:
         slot = self._free_slots.pop()
         log_stream = log_stream_name(self._config.function_version)
         instance = Instance(slot, self._addresses[slot], log_stream)
+        if provisioned:
+            # Lambda shows no Init Duration for provisioned concurrency: its init was ahead.
+            instance.provisioned = True
+            instance.cold = False
         self._slots[slot] = instance
         paths = discover(self._config.extensions_dir)
         if paths:
@@ -275,6 +302,7 @@ class Dispatcher:
         if self.hub.observer is not None:
             self.hub.observer.init_start(instance)
         self._processes.spawn(instance)
+        return instance
 
     def _start(self, instance: Instance, job: Job) -> None:
         invocation = job.invocation
@@ -310,6 +338,8 @@ class Dispatcher:
         instance.ready()
         if instance.init_duration_ms is None or instance.extensions is not None:
             self._init_moments(instance)
+        if self._provisioning:
+            self._settle_provisioned(instance)
         if instance.free:
             job = self._take_queued()
             if job is not None:
@@ -410,6 +440,8 @@ class Dispatcher:
         if instance.state is not State.IDLE:
             return
         self._init_moments(instance)
+        if self._provisioning:
+            self._settle_provisioned(instance)
         waiter = instance.waiter
         if waiter is None or waiter.done() or instance in self._idle:
             return
@@ -636,9 +668,19 @@ class Dispatcher:
             if job is not None:
                 body = exit_error(job.invocation.request_id, description or "exit status 0")
                 self._fail_queued(job, InvocationResult(body, "Runtime.ExitError"))
+        if instance.provisioned:
+            self._replace_provisioned(instance)
         self._spawn_if_needed()
         if instance in self._recycled or instance in self._outdated:
             self._replace(instance)
+
+    def _replace_provisioned(self, instance: Instance) -> None:
+        """A provisioned instance exited (crash, timeout, hot reload): initialise another,
+        unless it never ended an init (a broken function is not restarted in a loop)."""
+        if instance in self._provisioning:
+            self._settle_provisioned(instance, failed=True)
+        elif instance.init_duration_ms is not None and not self._closed and self._free_slots:
+            self._spawn(provisioned=True)
 
     def _free_slot(self, instance: Instance) -> None:
         if self._slots[instance.slot] is instance:
@@ -665,7 +707,7 @@ class Dispatcher:
 
     def reclaim_idle(self, cutoff: float) -> None:
         """Stop the instances idle since before `cutoff` (a monotonic time)."""
-        for instance in [i for i in self._idle if i.idle_since <= cutoff]:
+        for instance in [i for i in self._idle if i.idle_since <= cutoff and not i.provisioned]:
             self._idle.remove(instance)
             instance.stopping()
             self._release(instance)
@@ -704,6 +746,8 @@ class Dispatcher:
         """A recycled instance exited: start its successor, so the new code is warm."""
         self._recycled.discard(instance)
         self._outdated.discard(instance)
+        if instance.provisioned:
+            return  # its successor is already initialising
         if not self._queue and self._free_slots and not self._closed:
             self._spawn()
 

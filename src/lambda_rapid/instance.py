@@ -82,6 +82,7 @@ class Instance:
         "served",
         "output",
         "extensions",
+        "provisioned",
     )
 
     def __init__(self, slot: int, runtime_api: str, log_stream: str) -> None:
@@ -95,6 +96,9 @@ class Instance:
         self.spawned_at = time.monotonic()
         self.init_duration_ms: float | None = None
         self.cold = True  # the next invocation is this instance's first
+        # Initialised ahead of demand (PROVISIONED_CONCURRENCY): kept while idle, replaced
+        # when it dies, no Init Duration in its REPORT.
+        self.provisioned = False
         self.idle_since = self.spawned_at
         self.served = 0
         self.output = LogCapture()

@@ -188,6 +188,8 @@ class Pool:
     async def _start(self, instance: Instance) -> None:
         env = instance_environ(self._config, instance.runtime_api, instance.log_stream)
         env["_INSTANCE"] = str(instance.slot)
+        if instance.provisioned:
+            env["AWS_LAMBDA_INITIALIZATION_TYPE"] = "provisioned-concurrency"
         extensions = instance.extensions
         if extensions is not None and extensions.to_start:
             await self._start_extensions(instance, extensions, env)

@@ -31,6 +31,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -255,6 +262,15 @@ MAX_CONCURRENCY = Setting(
     "most runtime instances running at once",
 )
 
+PROVISIONED_CONCURRENCY = Setting(
+    "provisioned_concurrency",
+    "PROVISIONED_CONCURRENCY",
+    "--provisioned-concurrency",
+    _non_negative_int,
+    "0",
+    "instances initialised at start-up and kept (at most MAX_CONCURRENCY)",
+)
+
 PRINT_REPORTS = Setting(
     "print_reports",
     "PRINT_REPORTS",
@@ -353,6 +369,7 @@ DAEMON_SETTINGS: tuple[Setting[Any], ...] = (
     IDLE_TIMEOUT,
     MEMORY_SIZE,
     MAX_CONCURRENCY,
+    PROVISIONED_CONCURRENCY,
     PRINT_REPORTS,
     RUNTIME_API_PEER_CHECK,
     LOG_LEVEL,
