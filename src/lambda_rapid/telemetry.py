@@ -446,8 +446,9 @@ class Telemetry:
     until the instance's init ends, as on Lambda.
     """
 
-    def __init__(self, function_version: str) -> None:
+    def __init__(self, function_version: str, initialization_type: str = "on-demand") -> None:
         self._version = function_version
+        self._init_type = initialization_type
         self._subscribers: dict[str, Subscriber] = {}
         self._open = True
         self.wants_lines = False  # some subscriber takes function lines
@@ -527,18 +528,18 @@ class Telemetry:
 
     def init_start(self) -> None:
         record = {
-            "initializationType": "on-demand",
+            "initializationType": self._init_type,
             "phase": "init",
             "functionVersion": self._version,
         }
         self.platform("platform.initStart", record)
 
     def init_runtime_done(self, status: str, error_type: str | None = None) -> None:
-        record = {"initializationType": "on-demand", "phase": "init"}
+        record = {"initializationType": self._init_type, "phase": "init"}
         self.platform("platform.initRuntimeDone", record | status_fields(status, error_type))
 
     def init_report(self, duration_ms: float, status: str, error_type: str | None = None) -> None:
-        record: dict[str, Any] = {"initializationType": "on-demand", "phase": "init"}
+        record: dict[str, Any] = {"initializationType": self._init_type, "phase": "init"}
         record |= status_fields(status, error_type)
         record["metrics"] = {"durationMs": round(duration_ms, 3)}
         self.platform("platform.initReport", record)
@@ -609,7 +610,7 @@ class TelemetryObserver:
         instance = extension.instance
         hub = self._hubs.get(instance)
         if hub is None and instance.init_duration_ms is None:  # in init, seen only now
-            hub = self._hubs[instance] = Telemetry(self._version)
+            hub = self._hubs[instance] = Telemetry(self._version, initialization_type(instance))
         try:
             if hub is None:
                 closed = SubscriptionClosed if api == TELEMETRY else LogsSubscriptionClosed
@@ -622,7 +623,7 @@ class TelemetryObserver:
         return Response(200, body, JSON_TYPE)
 
     def init_start(self, instance: Instance) -> None:
-        hub = self._hubs[instance] = Telemetry(self._version)
+        hub = self._hubs[instance] = Telemetry(self._version, initialization_type(instance))
         hub.init_start()
 
     def runtime_init_done(self, instance: Instance, error_type: str | None) -> None:
@@ -686,6 +687,10 @@ class TelemetryObserver:
             self.instance_gone(instance)
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+def initialization_type(instance: Instance) -> str:
+    return "provisioned-concurrency" if instance.provisioned else "on-demand"
 
 
 def outcome(error_type: str | None) -> str:

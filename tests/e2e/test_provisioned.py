@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 import subprocess
-import threading
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.conftest import DAEMON, PYTHON_RIC, poll, stays
+from tests.e2e.conftest import DAEMON, PYTHON_RIC, poll, read_response, stays
+from tests.e2e.test_telemetry import received, setup, subscription
 
 # A handler whose init (its module's import) waits for the file named by INIT_GATE.
 GATED = """
@@ -66,11 +66,9 @@ def test_report_has_no_init_duration_and_on_demand_instances_still_do(start_daem
     assert poll(lambda: len(reports(daemon)) == 1), daemon.stdout()
     assert "Init Duration" not in reports(daemon)[0]
     # While the provisioned instance is busy, a second invocation starts one on demand.
-    busy = threading.Thread(target=daemon.invoke, args=({"sleep": 1.5},))
-    busy.start()
-    assert poll(lambda: len(daemon.runtime_pids()) == 1)
+    busy = daemon.send_invoke({"sleep": 1})  # reaches the daemon before the next one
     on_demand = daemon.invoke({"env": True}).json()
-    busy.join()
+    assert read_response(busy).status == 200
     assert on_demand["AWS_LAMBDA_INITIALIZATION_TYPE"] == "on-demand"
     assert poll(lambda: len(reports(daemon)) == 3), daemon.stdout()
     with_init = [line for line in reports(daemon) if "Init Duration" in line]
@@ -86,10 +84,9 @@ def test_provisioned_instance_is_not_reclaimed_when_idle(start_daemon: Any) -> N
     daemon = start_daemon(env=env)
     assert poll(lambda: ready(daemon)), daemon.stderr()
     kept = pid_of(daemon)
-    busy = threading.Thread(target=daemon.invoke, args=({"sleep": 1},))
-    busy.start()
+    busy = daemon.send_invoke({"sleep": 1})  # reaches the daemon before the next one
     on_demand = pid_of(daemon)
-    busy.join()
+    assert read_response(busy).status == 200
     assert on_demand != kept
     # The on-demand instance is reclaimed after its idle timeout; the provisioned one stays.
     assert poll(lambda: daemon.runtime_pids() == [kept]), daemon.runtime_pids()
@@ -153,3 +150,23 @@ def test_bad_provisioned_concurrency_is_one_line_and_exit_2(tmp_path: Path) -> N
         lines = done.stderr.decode().strip().splitlines()
         assert done.returncode == 2, done.stderr
         assert len(lines) == 1 and re.search("provisioned.concurrency", lines[0], re.I), lines
+
+
+def test_telemetry_shows_the_provisioned_init(start_daemon: Any, tmp_path: Path) -> None:
+    body = subscription(["platform"])
+    daemon = start_daemon(env=setup(tmp_path, body, PROVISIONED_CONCURRENCY="1"))
+    assert poll(lambda: ready(daemon)), daemon.stderr()
+    request_id = daemon.invoke({}).header("x-amzn-RequestId")
+
+    def record(kind: str) -> Any:
+        for r in received(tmp_path):
+            if r["type"] == kind and (
+                kind != "platform.report" or r["record"]["requestId"] == request_id
+            ):
+                return r["record"]
+        return None
+
+    assert poll(lambda: record("platform.report")), received(tmp_path)
+    for kind in ("platform.initStart", "platform.initRuntimeDone", "platform.initReport"):
+        assert record(kind)["initializationType"] == "provisioned-concurrency", kind
+    assert "initDurationMs" not in record("platform.report")["metrics"]
