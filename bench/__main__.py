@@ -377,15 +377,24 @@ def summarize(samples: list[float]) -> dict[str, float]:
 def rounds(
     count: int, measure: Callable[[str], Stat], kinds: tuple[str, ...] = ("ours", "floor")
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """Alternate the `kinds` (ours and the floor) `count` times; summarize every metric."""
+    """Alternate the `kinds` (ours and the floor) `count` times, the order reversed every
+    other round; summarize every metric, with the median of its paired ratios to the
+    same round's last kind (the reference) as "paired"."""
     collected: dict[str, list[Stat]] = {kind: [] for kind in kinds}
-    for _ in range(count):
-        for kind in kinds:
+    for number in range(count):
+        for kind in kinds if number % 2 == 0 else kinds[::-1]:
             collected[kind].append(measure(kind))
-    return {
-        kind: {key: summarize([s[key] for s in samples]) for key in samples[0]}
-        for kind, samples in collected.items()
-    }
+    reference = collected[kinds[-1]]
+    summary: dict[str, dict[str, dict[str, float]]] = {}
+    for kind, samples in collected.items():
+        summary[kind] = {}
+        for key in samples[0]:
+            stat = summarize([s[key] for s in samples])
+            pairs = [s[key] / r[key] for s, r in zip(samples, reference, strict=True) if r[key]]
+            if pairs:
+                stat["paired"] = statistics.median(pairs)
+            summary[kind][key] = stat
+    return summary
 
 
 def compile_package() -> None:
@@ -446,6 +455,23 @@ def measure_floors(count: int, seconds: float, cases: list[Any]) -> dict[str, An
     return floors
 
 
+def against_markdown(report: dict[str, Any]) -> list[str]:
+    """Ours against the --against checkout ("base"), per load case: the ratio of the two
+    paired ratios to the floor."""
+    cases = [k for k in report if "C=" in k and "base" in report[k]]
+    if not cases:
+        return []
+    lines = ["", "| ours / base (--against) | CPU µs/inv | inv/s | p50 ms |", "|---|---|---|---|"]
+    for key in cases:
+        ours, base = report[key]["ours"], report[key]["base"]
+        cells = [
+            f"{ours[m].get('paired', 0) / (base[m].get('paired') or 1):.2f}×"
+            for m in ("cpu_us", "rate", "p50_ms")
+        ]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def floors_markdown(floors: dict[str, Any]) -> list[str]:
     """Each floor's CPU per invocation and throughput: median (min..max) and its ratio to
     the floor kept (uvloop)."""
@@ -502,13 +528,15 @@ def ratio(report: dict[str, Any], section: str, metric: str) -> str:
     ours = report[section]["ours"][metric]
     floor = report[section]["floor"][metric]["median"]
     text = f"{ours['median']:.3g} ({ours['min']:.3g}..{ours['max']:.3g})"
-    return f"{text} / {floor:.3g} = {ours['median'] / floor:.2f}×" if floor else text
+    if not floor:
+        return text
+    return f"{text} / {floor:.3g} = {ours.get('paired', ours['median'] / floor):.2f}×"
 
 
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"Measured {report['when']}, {report['rounds']} round(s), quick={report['quick']}.",
-        "Each cell: ours median (min..max) / floor median = ratio.",
+        "Each cell: ours median (min..max) / floor median = median of the paired ratios.",
         "",
         "| case | daemon CPU µs/inv | inv/s | p50 ms | p99 ms | RSS MB |",
         "|---|---|---|---|---|---|",
@@ -538,6 +566,7 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     if "floors" in report:
         lines += floors_markdown(report["floors"])
+    lines += against_markdown(report)
     if "metrics" in report:
         lines += metrics_markdown(report["metrics"])
     if "amqp" in report:
