@@ -66,6 +66,14 @@ def test_quick_benchmark_produces_results(tmp_path: Path) -> None:
         assert memory["idle_mb"] > 5 and memory["loaded_mb"] > 5, memory
         startup = {k: v["median"] for k, v in report["startup"][kind].items()}
         assert 0 < startup["listen_ms"] < startup["first_ms"], startup
+        assert 0 < startup["runtime_ms"] < startup["first_ms"], startup
+        share = startup["first_ms"] - startup["runtime_ms"]
+        assert abs(startup["share_ms"] - share) < 1e-6, startup
+    assert list(report["floors"]) == LOAD_CASES
+    for key, floors in report["floors"].items():
+        assert set(floors) == {"floor", "floor on asyncio", "old floor"}, key
+        for kind, result in floors.items():
+            assert_load_case(result, f"{key} {kind}")
     table = (tmp_path / "results.md").read_text()
     assert "| case | daemon CPU" in table
     for key in LOAD_CASES:
