@@ -13,10 +13,12 @@ import os
 import signal
 import socket
 import sys
-from typing import TYPE_CHECKING, Any
 
+# typing.TYPE_CHECKING without importing typing (~5 ms before the socket opens).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Sequence
+    from typing import Any
 
     from lambda_rapid.config import DaemonConfig, ServerConfig
 
