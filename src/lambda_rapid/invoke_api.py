@@ -317,31 +317,10 @@ class InvokeApi:
     def _invoke_stream(
         self, request: Request, request_id: str, function_name: str
     ) -> Response | Deferred | Awaitable[Response]:
-        headers = request.headers
-        invocation_type = headers.get("x-amz-invocation-type", "RequestResponse")
-        if invocation_type not in STREAM_INVOCATION_TYPES:
-            raise InvalidParameterValue(
-                f"Invalid InvocationType: {invocation_type!r}; expected one of "
-                + ", ".join(STREAM_INVOCATION_TYPES)
-            )
-        log_type = headers.get("x-amz-log-type", "None")
-        if log_type not in ("None", "Tail"):
-            raise InvalidParameterValue(f"Invalid LogType: {log_type!r}; expected None or Tail")
-        target = self._backend.resolve(function_name, qualifier_of(request.query))
-        payload = checked_payload(request, MAX_REQUEST_PAYLOAD)
-        client_context = decode_client_context(headers.get("x-amz-client-context"))
-        if invocation_type == "DryRun":
-            return then(self._backend.dry_run(target), lambda _: accepted(204, request_id))
-        invocation = Invocation(
-            request_id=request_id,
-            payload=payload,
-            timeout=self._timeout,
-            invoked_arn=target.invoked_arn,
-            trace_id=check_trace_id(headers.get("x-amzn-trace-id")) or new_trace_id(),
-            client_context=client_context,
-            tenant_id=check_tenant_id(headers.get("x-amz-tenant-id")),
-            want_log_tail=log_type == "Tail",
-        )
+        parsed = self._parse(request, request_id, function_name, STREAM_INVOCATION_TYPES)
+        if not isinstance(parsed, tuple):  # a DryRun, answered
+            return parsed
+        target, invocation, _ = parsed
         # A backend that cannot stream (lambda-server's, over AMQP) answers buffered: the
         # whole body in one PayloadChunk.
         invoke_stream = getattr(self._backend, "invoke_stream", self._backend.invoke)
@@ -373,12 +352,33 @@ class InvokeApi:
     def _invoke(
         self, request: Request, request_id: str, function_name: str
     ) -> Response | Deferred | Awaitable[Response]:
+        parsed = self._parse(request, request_id, function_name, INVOCATION_TYPES)
+        if not isinstance(parsed, tuple):  # a DryRun, answered
+            return parsed
+        target, invocation, invocation_type = parsed
+        if invocation_type == "Event":
+            return then(
+                self._backend.enqueue(target, invocation), lambda _: accepted(202, request_id)
+            )
+        return then(
+            self._backend.invoke(target, invocation),
+            lambda result: render_result(request_id, result),
+        )
+
+    def _parse(
+        self,
+        request: Request,
+        request_id: str,
+        function_name: str,
+        invocation_types: tuple[str, ...],
+    ) -> tuple[Target, Invocation, str] | Response | Deferred | asyncio.Future[Response]:
+        """The checks Invoke and InvokeWithResponseStream share; a DryRun is answered here."""
         headers = request.headers
         invocation_type = headers.get("x-amz-invocation-type", "RequestResponse")
-        if invocation_type not in INVOCATION_TYPES:
+        if invocation_type not in invocation_types:
             raise InvalidParameterValue(
                 f"Invalid InvocationType: {invocation_type!r}; expected one of "
-                + ", ".join(INVOCATION_TYPES)
+                + ", ".join(invocation_types)
             )
         log_type = headers.get("x-amz-log-type", "None")
         if log_type not in ("None", "Tail"):
@@ -400,14 +400,7 @@ class InvokeApi:
             tenant_id=check_tenant_id(headers.get("x-amz-tenant-id")),
             want_log_tail=log_type == "Tail" and invocation_type == "RequestResponse",
         )
-        if invocation_type == "Event":
-            return then(
-                self._backend.enqueue(target, invocation), lambda _: accepted(202, request_id)
-            )
-        return then(
-            self._backend.invoke(target, invocation),
-            lambda result: render_result(request_id, result),
-        )
+        return target, invocation, invocation_type
 
 
 T = TypeVar("T")
