@@ -24,17 +24,19 @@ import logging
 import os
 import signal
 import subprocess
-from collections.abc import Callable, Iterable
-from typing import cast
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar, cast
 
 from lambda_rapid.config import DaemonConfig, instance_environ
 from lambda_rapid.credentials import hand_over, switch_user
 from lambda_rapid.extensions import ExtensionSet, extension_environ
 from lambda_rapid.instance import ExitCallback, Instance, State
-from lambda_rapid.output import STDERR, STDOUT, open_output_pipe
+from lambda_rapid.output import STDERR, STDOUT, LogCapture, open_output_pipe
 from lambda_rapid.peers import MAX_PROCESSES, children_of, session_of
 
 logger = logging.getLogger(__name__)
+
+P = TypeVar("P", bound=asyncio.SubprocessProtocol)
 
 
 def describe_exit(returncode: int) -> str | None:
@@ -198,15 +200,44 @@ class Pool:
                 self._doomed.discard(instance)
                 self._on_exit(instance, None)  # init failed: its runtime never starts
                 return
-        loop = asyncio.get_running_loop()
-        stdout, stdout_fd = await open_output_pipe(STDOUT, instance.output)
-        stderr, stderr_fd = await open_output_pipe(STDERR, instance.output)
-        instance.output.attach(stdout, stderr)
+        try:
+            protocol = await self._exec(
+                lambda: InstanceProcess(instance, self._process_exited),
+                self._config.command,
+                env,
+                instance.output,
+            )
+        except OSError as exc:
+            logger.error("cannot start runtime %s: %s", self._config.command[0], exc)
+            self._launching.discard(instance)
+            self._doomed.discard(instance)
+            self._on_exit(instance, f"{exc.strerror or exc}")
+            return
+        assert protocol.transport is not None
+        instance.pid = protocol.transport.get_pid()
+        self._processes[instance] = protocol
+        self._launching.discard(instance)
+        if instance in self._doomed:  # stopped while starting
+            self._doomed.discard(instance)
+            self.kill(instance)
+        logger.debug("started instance %s", instance)
+
+    async def _exec(
+        self,
+        protocol_factory: Callable[[], P],
+        argv: Sequence[str],
+        env: dict[str, str],
+        capture: LogCapture,
+    ) -> P:
+        """Start one process of an instance: own session, output into `capture`."""
+        stdout, stdout_fd = await open_output_pipe(STDOUT, capture)
+        stderr, stderr_fd = await open_output_pipe(STDERR, capture)
+        capture.attach(stdout, stderr)
         hand_over(self._config.runtime_user, stdout_fd, stderr_fd)
         try:
-            _, protocol = await loop.subprocess_exec(
-                lambda: InstanceProcess(instance, self._process_exited),
-                *self._config.command,
+            _, protocol = await asyncio.get_running_loop().subprocess_exec(
+                protocol_factory,
+                *argv,
                 stdin=subprocess.DEVNULL,
                 stdout=stdout_fd,
                 stderr=stderr_fd,
@@ -216,24 +247,11 @@ class Pool:
                     before_exec, self._me, switch_user(self._config.runtime_user)
                 ),
             )
-        except OSError as exc:
-            logger.error("cannot start runtime %s: %s", self._config.command[0], exc)
-            self._launching.discard(instance)
-            self._doomed.discard(instance)
-            self._on_exit(instance, f"{exc.strerror or exc}")
-            return
         finally:
-            # The runtime holds the write ends now; ours would keep the pipes from closing.
+            # The process holds the write ends now; ours would keep the pipes from closing.
             os.close(stdout_fd)
             os.close(stderr_fd)
-        assert protocol.transport is not None
-        instance.pid = protocol.transport.get_pid()
-        self._processes[instance] = protocol
-        self._launching.discard(instance)
-        if instance in self._doomed:  # stopped while starting
-            self._doomed.discard(instance)
-            self.kill(instance)
-        logger.debug("started instance %s", instance)
+        return protocol
 
     async def _start_extensions(
         self, instance: Instance, extensions: ExtensionSet, runtime_env: dict[str, str]
@@ -253,33 +271,18 @@ class Pool:
         self, instance: Instance, extensions: ExtensionSet, path: str, env: dict[str, str]
     ) -> None:
         name = os.path.basename(path)
-        capture = extensions.output(name)
-        stdout, stdout_fd = await open_output_pipe(STDOUT, capture)
-        stderr, stderr_fd = await open_output_pipe(STDERR, capture)
-        capture.attach(stdout, stderr)
-        hand_over(self._config.runtime_user, stdout_fd, stderr_fd)
-        loop = asyncio.get_running_loop()
         extensions.expect(name)
         try:
-            _, protocol = await loop.subprocess_exec(
+            protocol = await self._exec(
                 lambda: ExtensionProcess(instance, name, self._extension_exited),
-                path,
-                stdin=subprocess.DEVNULL,
-                stdout=stdout_fd,
-                stderr=stderr_fd,
-                env=env,
-                start_new_session=True,
-                preexec_fn=functools.partial(
-                    before_exec, self._me, switch_user(self._config.runtime_user)
-                ),
+                [path],
+                env,
+                extensions.output(name),
             )
         except OSError as exc:
             logger.error("cannot start extension %s: %s", path, exc)
             extensions.process_exited(name, f"{exc.strerror or exc}")
             return
-        finally:
-            os.close(stdout_fd)
-            os.close(stderr_fd)
         assert protocol.pid is not None
         self._extensions[protocol.pid] = protocol
         extensions.started(name, protocol.pid)
