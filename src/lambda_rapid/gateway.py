@@ -339,13 +339,21 @@ class Gateway:
     async def _answer(
         self, function: str, payload: bytes, request: HttpRequest, marker: Headers
     ) -> Response:
+        result = await self._result(function, payload, request, marker)
+        if isinstance(result, Response):
+            return result
+        return self._proxy_answer(result, marker)
+
+    async def _result(
+        self, function: str, payload: bytes, request: HttpRequest, marker: Headers
+    ) -> InvocationResult | Response:
+        """The function's result, or the answer when the invocation itself failed."""
         try:
-            result = await self._invoke(function, payload, request.header("x-amzn-trace-id"))
+            return await self._invoke(function, payload, request.header("x-amzn-trace-id"))
         except TimeoutError:
             return message_response(504, "Endpoint request timed out", marker)
         except InvokeError as error:
             return _invoke_error_response(error, marker)
-        return self._proxy_answer(result, marker)
 
     def _proxy_answer(self, result: InvocationResult, marker: Headers) -> Response:
         if result.error_type is not None:
@@ -361,12 +369,9 @@ class Gateway:
     async def _answer_stream(
         self, function: str, payload: bytes, request: HttpRequest, marker: Headers
     ) -> Response:
-        try:
-            result = await self._invoke(function, payload, request.header("x-amzn-trace-id"))
-        except TimeoutError:
-            return message_response(504, "Endpoint request timed out", marker)
-        except InvokeError as error:
-            return _invoke_error_response(error, marker)
+        result = await self._result(function, payload, request, marker)
+        if isinstance(result, Response):
+            return result
         stream = result.stream if isinstance(result, StreamedResult) else None
         if stream is None:
             return self._unstreamed_answer(result, marker)
