@@ -24,7 +24,11 @@ have() { command -v "$1" >/dev/null 2>&1; }
 apt_install() {
     if [ "$(id -u)" = 0 ] && have apt-get; then
         say "installing $*"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null
+        # A fresh machine's package lists may be missing or old: update once, then retry.
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null 2>&1 || {
+            apt-get update -q >/dev/null
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null
+        }
     else
         say "please install $* (Debian package names) and run again"
         exit 1
