@@ -644,6 +644,10 @@ class TelemetryObserver:
         self, instance: Instance, invocation: Invocation, status: str, error_type: str | None
     ) -> None:
         if (hub := self._hubs.get(instance)) is not None:
+            if instance.output.tap is not None:
+                # What the runtime printed before answering is already in its pipe, but
+                # a busy loop may read the answer first: those lines go before runtimeDone.
+                instance.output.drain()
             duration = (time.monotonic() - invocation.invoked_at) * 1000
             hub.runtime_done(invocation.request_id, status, error_type, duration, None)
 

@@ -137,6 +137,33 @@ def test_batches_for_success_failure_and_timeout(start_daemon: Any, tmp_path: Pa
     assert "hello from the function" in daemon.stdout()
 
 
+def test_function_lines_come_between_start_and_runtime_done(
+    start_daemon: Any, tmp_path: Path
+) -> None:
+    """What the function printed before answering is delivered before its runtimeDone,
+    however late the daemon's loop gets to the runtime's stdout."""
+    env = setup(tmp_path, subscription(["platform", "function"]))
+    daemon = start_daemon(env=env)
+    ids = []
+    for n in range(20):
+        response = daemon.invoke({"print": f"line {n}"})
+        assert ok(response)["print"] == f"line {n}"
+        ids.append(response.header("x-amzn-RequestId"))
+
+    def reported() -> bool:  # one buffer delivered in order: the last report comes last
+        return "platform.report" in [r["type"] for r in of_request(received(tmp_path), ids[-1])]
+
+    assert poll(reported), received(tmp_path)
+    records = received(tmp_path)
+    for n, request_id in enumerate(ids):
+        start = records.index(of_request(records, request_id)[0])
+        done = records.index(of_request(records, request_id)[1])
+        line = next(i for i, r in enumerate(records) if r["record"] == f"line {n}")
+        assert records[start]["type"] == "platform.start"
+        assert records[done]["type"] == "platform.runtimeDone"
+        assert start < line < done, (n, records[start : done + 2])
+
+
 def test_logs_api_delivers_its_own_format(start_daemon: Any, tmp_path: Path) -> None:
     body = subscription(["platform", "function"], schema="2021-03-18")
     env = setup(tmp_path, body, TEL_API="logs", TEL_SECOND="1")
