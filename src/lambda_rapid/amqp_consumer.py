@@ -16,7 +16,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -244,13 +244,7 @@ class RpcConsumer:
             except InvokeError:
                 pass  # refused on the general path, with its reply
             else:
-                reply = functools.partial(
-                    self._send_reply,
-                    channel,
-                    delivered.delivery_tag,
-                    reply_to,
-                    properties.correlation_id,
-                )
+                reply = functools.partial(self._send_reply, channel, delivered)
                 self._submit(invocation).add_done_callback(reply)
                 return
         await self.on_message(IncomingMessage(delivered, no_ack=False))
@@ -258,36 +252,43 @@ class RpcConsumer:
     def _send_reply(
         self,
         channel: aiormq.Channel,
-        delivery_tag: int | None,
-        reply_to: str,
-        correlation_id: str | None,
+        delivered: DeliveredMessage,
         done: asyncio.Future[InvocationResult],
     ) -> None:
         """Publish the reply and acknowledge the request in one write, from the result's
         callback (no task, no wait for the writer)."""
         if channel.is_closed or done.cancelled():
             return  # not acknowledged: the broker redelivers it
+        error = done.exception()
+        if error is not None:
+            # Not the dispatcher's contract, but an unsettled message would hold its
+            # prefetch slot until the connection closes: dead-letter it as the general path does.
+            self._spawn(self._reject(IncomingMessage(delivered, no_ack=False), error))
+            return
         result = done.result()
         result.executed_version = self._config.function_version
         body = result.body
+        request = delivered.header.properties
         properties = spec.Basic.Properties(
-            content_type=JSON, correlation_id=correlation_id, headers=result_headers(result)
+            content_type=JSON, correlation_id=request.correlation_id, headers=result_headers(result)
         )
         frames: list[Any] = [
-            spec.Basic.Publish(exchange="", routing_key=reply_to),
+            spec.Basic.Publish(exchange="", routing_key=request.reply_to or ""),
             ContentHeader(body_size=len(body), properties=properties),
         ]
         size = channel.max_content_size
         frames.extend(ContentBody(body[at : at + size]) for at in range(0, len(body), size))
-        frames.append(spec.Basic.Ack(delivery_tag=delivery_tag or 0))
+        frames.append(spec.Basic.Ack(delivery_tag=delivered.delivery_tag or 0))
         frame = ChannelFrame.marshall(channel.number, frames)
         try:
             channel.write_queue.put_nowait(frame)
         except asyncio.QueueFull:
-            self._tasks.add(
-                task := asyncio.get_running_loop().create_task(channel.write_queue.put(frame))
-            )
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(channel.write_queue.put(frame))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` from a callback, holding its task until it ends."""
+        self._tasks.add(task := asyncio.get_running_loop().create_task(work))
+        task.add_done_callback(self._tasks.discard)
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         try:
@@ -311,7 +312,7 @@ class RpcConsumer:
         else:
             await self._run_event(message)
 
-    async def _reject(self, message: AbstractIncomingMessage, error: Exception) -> None:
+    async def _reject(self, message: AbstractIncomingMessage, error: BaseException) -> None:
         """Dead-letter a message that could not be handled, with the reason, and go on."""
         logger.warning("message %r could not be handled: %r", message.message_id, error)
         body = function_error_body(type(error).__name__, str(error) or type(error).__name__)

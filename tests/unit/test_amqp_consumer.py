@@ -1,9 +1,10 @@
 """The daemon's AMQP consumer against a fake broker connection.
 
-The fakes stand in for aio-pika's connection, channel, queue and incoming message only:
-they record what the consumer publishes and acknowledges. The function's side is the
-`submit` callable the consumer is built with (its only link to the daemon's core), here a
-list of answers.
+The fakes stand in for aio-pika's connection, channels and exchanges and for aiormq's
+channel under them (consumers, acks, the connection's write queue) only: they record what
+the consumer publishes, writes and acknowledges, in one log. A delivery is built as aiormq
+builds it. The function's side is the `submit` callable the consumer is built with (its
+only link to the daemon's core), here a list of answers.
 """
 
 from __future__ import annotations
@@ -11,14 +12,20 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
 import aiormq
+import pamqp.frame
 import pytest
 from aio_pika.abc import DeliveryMode
+from aiormq.abc import ChannelFrame, DeliveredMessage
+from pamqp import commands as spec
+from pamqp.body import ContentBody
+from pamqp.header import ContentHeader
+from pamqp.heartbeat import Heartbeat
 
 from lambda_rapid.amqp_consumer import RpcConsumer
 from lambda_rapid.amqp_wire import ATTEMPT, ERROR_CODE, ERROR_STATUS, UNDECODABLE_HEADERS
@@ -27,9 +34,10 @@ from lambda_rapid.invocation import Invocation, InvocationResult
 
 COMMAND = ["python3", "-m", "awslambdaric", "fn.handler"]
 FUNCTION = "fn"
+CONTENT_SIZE = 16  # the raw channel's max_content_size: longer bodies span several frames
 
 
-# -- the aio-pika edge --------------------------------------------------------------------
+# -- the aio-pika / aiormq edge -----------------------------------------------------------
 
 
 @dataclass
@@ -39,45 +47,131 @@ class Published:
 
 
 class FakeExchange:
+    """The default exchange; on a confirming channel, publish returns once confirmed."""
+
     def __init__(self, channel: FakeChannel) -> None:
         self._channel = channel
 
     async def publish(
         self, message: aio_pika.Message, routing_key: str, mandatory: bool = True
     ) -> None:
-        if self._channel.broken:
-            self._channel.log.append(("failed", routing_key))
+        channel = self._channel
+        if channel.connection.broken:
+            channel.log.append(("failed", routing_key))
             raise aiormq.exceptions.ChannelInvalidStateError("channel closed")
-        self._channel.log.append(("publish", routing_key))
-        self._channel.published.append(Published(message, routing_key))
+        channel.log.append(("publish", routing_key))
+        channel.published.append(Published(message, routing_key))
+        if channel.confirms:
+            await channel.confirm.wait()
+            channel.log.append(("confirm", routing_key))
 
 
 class FakeQueue:
     def __init__(self, channel: FakeChannel, name: str, arguments: Any) -> None:
         self.channel, self.name, self.arguments = channel, name, arguments
-        self.callback: Callable[[Any], Awaitable[None]] | None = None
 
     async def bind(self, exchange: str, routing_key: str) -> None:
         self.channel.bindings.append((self.name, exchange, routing_key))
 
-    async def consume(self, callback: Callable[[Any], Awaitable[None]]) -> str:
-        self.callback = callback
-        return "ctag-1"
-
     async def cancel(self, tag: str) -> None:
-        self.callback = None
+        del self.channel.raw.consumers[tag]
+
+
+class FakeWriter(asyncio.Queue[ChannelFrame]):
+    """The connection's write queue: each item is one write to the socket."""
+
+    def __init__(self, raw: FakeRawChannel) -> None:
+        super().__init__()
+        self.raw = raw
+        self.writes: list[list[Any]] = []
+
+    def put_nowait(self, item: ChannelFrame) -> None:
+        super().put_nowait(item)  # QueueFull when full, as the real one
+        frames: list[Any] = []
+        payload = item.payload
+        while payload:
+            used, _, frame = pamqp.frame.unmarshal(payload)
+            frames.append(frame)
+            payload = payload[used:]
+        self.writes.append(frames)
+        self.raw.record(frames)
+
+    def fill(self) -> None:
+        """Make the next put wait (a writer behind on a slow socket)."""
+        self._maxsize = 1
+        self.put_nowait(ChannelFrame.marshall(0, [Heartbeat()]))
+
+
+class FakeRawChannel(aiormq.Channel):
+    """aiormq's channel under the consuming channel: its consumers, acks and writes."""
+
+    def __init__(self, channel: FakeChannel) -> None:  # no broker to open it with
+        self.owner = channel
+        self.number = 1
+        self.max_content_size = CONTENT_SIZE
+        self.consumers: dict[str, Any] = {}
+        self.writer = FakeWriter(self)
+        self.write_queue = self.writer
+        self.tags: dict[int, str] = {}  # delivery tag: message id, to read the log
+
+    @property
+    def is_closed(self) -> bool:
+        return self.owner.connection.broken
+
+    async def basic_consume(
+        self, queue: str, consumer_callback: Callable[[Any], Awaitable[None]], **_: Any
+    ) -> spec.Basic.ConsumeOk:
+        self.consumers["ctag-1"] = consumer_callback
+        return spec.Basic.ConsumeOk("ctag-1")
+
+    async def basic_ack(self, delivery_tag: int, multiple: bool = False, wait: bool = True) -> None:
+        self._settle("ack", delivery_tag)
+
+    async def basic_reject(
+        self, delivery_tag: int, *, requeue: bool = True, wait: bool = True
+    ) -> None:
+        self._settle("reject", delivery_tag)
+
+    def _settle(self, how: str, delivery_tag: int) -> None:
+        if self.is_closed:
+            raise aiormq.exceptions.ChannelInvalidStateError("channel closed")
+        self.owner.log.append((how, self.tags[delivery_tag]))
+
+    def record(self, frames: list[Any]) -> None:
+        """Log a write as the broker reads it: publishes (whole messages) and acks."""
+        for frame in frames:
+            if isinstance(frame, spec.Basic.Publish):
+                routing_key, body = frame.routing_key, b""
+            elif isinstance(frame, ContentHeader):
+                properties, size = frame.properties, frame.body_size
+            elif isinstance(frame, ContentBody):
+                body += frame.value
+            elif isinstance(frame, spec.Basic.Ack):
+                self.owner.log.append(("ack", self.tags[frame.delivery_tag]))
+            if isinstance(frame, ContentHeader | ContentBody) and len(body) == size:
+                message = aio_pika.Message(
+                    body,
+                    headers=properties.headers,
+                    correlation_id=properties.correlation_id,
+                    content_type=properties.content_type,
+                )
+                self.owner.log.append(("publish", routing_key))
+                self.owner.published.append(Published(message, routing_key))
 
 
 class FakeChannel:
-    def __init__(self) -> None:
+    def __init__(self, connection: FakeConnection, confirms: bool) -> None:
+        self.connection, self.confirms = connection, confirms
         self.is_closed = False
-        self.broken = False
         self.default_exchange = FakeExchange(self)
+        self.raw = FakeRawChannel(self)
         self.published: list[Published] = []
-        self.log: list[tuple[str, str]] = []
+        self.log = connection.log
         self.queues: dict[str, FakeQueue] = {}
         self.bindings: list[tuple[str, str, str]] = []
         self.prefetch = 0
+        self.confirm = asyncio.Event()  # set: the broker confirms at once
+        self.confirm.set()
 
     async def set_qos(self, prefetch_count: int) -> None:
         self.prefetch = prefetch_count
@@ -91,15 +185,21 @@ class FakeChannel:
     async def declare_exchange(self, name: str, kind: Any, durable: bool = False) -> str:
         return name
 
+    async def get_underlay_channel(self) -> FakeRawChannel:
+        return self.raw
+
 
 class FakeConnection:
     def __init__(self) -> None:
-        self.channel_ = FakeChannel()
+        self.log: list[tuple[str, str]] = []
+        self.channels: list[FakeChannel] = []
         self.close_callbacks: set[Callable[..., None]] = set()
         self.is_closed = False
+        self.broken = False  # every channel closed under the consumer
 
     async def channel(self, publisher_confirms: bool = True) -> FakeChannel:
-        return self.channel_
+        self.channels.append(FakeChannel(self, publisher_confirms))
+        return self.channels[-1]
 
     def lose(self) -> None:
         self.is_closed = True
@@ -107,50 +207,35 @@ class FakeConnection:
             callback(None)
 
 
-@dataclass
-class FakeMessage:
-    """What aio-pika hands a consumer: properties, and ack/reject that the fake records."""
-
-    body: bytes
-    channel: FakeChannel
-    headers: dict[str, Any] = field(default_factory=dict)
-    message_id: str | None = "m-1"
-    correlation_id: str | None = None
-    reply_to: str | None = None
-    redelivered: bool = False
-    timestamp: datetime | None = None
-    content_type: str | None = "application/json"
-    delivery_mode: DeliveryMode = DeliveryMode.NOT_PERSISTENT
-    expiration: float | None = None
-
-    async def ack(self) -> None:
-        self._settle("ack")
-
-    async def reject(self, requeue: bool = False) -> None:
-        self._settle("reject")
-
-    def _settle(self, how: str) -> None:
-        if self.channel.broken:
-            raise aiormq.exceptions.ChannelInvalidStateError("channel closed")
-        self.channel.log.append((how, self.message_id or ""))
-
-
 # -- the consumer under test --------------------------------------------------------------
 
 
 class Function:
-    """The function's side of `submit`: answers in turn, and the invocations it got."""
+    """The function's side of `submit`: answers in turn, and the invocations it got.
 
-    def __init__(self, *answers: InvocationResult | Exception) -> None:
+    An answer is an InvocationResult, an exception (a failure the dispatcher's contract
+    rules out), or None: the invocation runs until `finish` is called.
+    """
+
+    def __init__(self, *answers: InvocationResult | Exception | None) -> None:
         self.answers = list(answers)
         self.invocations: list[Invocation] = []
+        self.futures: list[asyncio.Future[InvocationResult]] = []
 
-    async def submit(self, invocation: Invocation) -> InvocationResult:
+    def submit(self, invocation: Invocation) -> asyncio.Future[InvocationResult]:
         self.invocations.append(invocation)
+        future: asyncio.Future[InvocationResult] = asyncio.get_running_loop().create_future()
+        self.futures.append(future)
         answer = self.answers.pop(0) if self.answers else InvocationResult(invocation.payload)
         if isinstance(answer, Exception):
-            raise answer
-        return answer
+            future.set_exception(answer)
+        elif answer is not None:
+            future.set_result(answer)
+        return future
+
+    def finish(self, result: InvocationResult) -> None:
+        (running,) = [future for future in self.futures if not future.done()]
+        running.set_result(result)
 
 
 def config(**env: str) -> DaemonConfig:
@@ -167,19 +252,94 @@ class Broker:
 
     @property
     def channel(self) -> FakeChannel:
-        return self.connection.channel_
+        """The channel the consumer consumes, replies and acknowledges on."""
+        plain = [channel for channel in self.connection.channels if not channel.confirms]
+        assert len(plain) == 1
+        return plain[0]
 
-    def message(self, body: bytes = b"{}", **properties: Any) -> FakeMessage:
-        return FakeMessage(body, self.channel, **properties)
+    @property
+    def confirmed(self) -> FakeChannel:
+        """The channel with publisher confirms."""
+        confirming = [channel for channel in self.connection.channels if channel.confirms]
+        assert len(confirming) == 1
+        return confirming[0]
 
-    def deliver(self, message: FakeMessage) -> None:
-        """Hand `message` to the consumer's callback, as aio-pika does, and let it finish."""
-        queue = self.channel.queues[FUNCTION]
-        assert queue.callback is not None, "the function's queue is not consumed"
-        self.loop.run_until_complete(queue.callback(message))
+    @property
+    def log(self) -> list[tuple[str, str]]:
+        return self.connection.log
+
+    @property
+    def writes(self) -> list[list[Any]]:
+        return self.channel.raw.writer.writes
+
+    def message(
+        self,
+        body: bytes = b"{}",
+        *,
+        headers: dict[str, Any] | None = None,
+        message_id: str | None = "m-1",
+        redelivered: bool = False,
+        expiration: float | None = None,
+        **properties: Any,
+    ) -> DeliveredMessage:
+        """A delivery on the consumed channel, as aiormq hands it to a consumer."""
+        raw = self.channel.raw
+        tag = len(raw.tags) + 1
+        raw.tags[tag] = message_id or ""
+        header = ContentHeader(
+            body_size=len(body),
+            properties=spec.Basic.Properties(
+                content_type=properties.pop("content_type", "application/json"),
+                headers=headers,
+                message_id=message_id,
+                expiration=None if expiration is None else str(int(expiration * 1000)),
+                delivery_mode=int(DeliveryMode.NOT_PERSISTENT),
+                **properties,
+            ),
+        )
+        deliver = spec.Basic.Deliver("ctag-1", tag, redelivered, "", FUNCTION)
+        return DeliveredMessage(delivery=deliver, header=header, body=body, channel=raw)
+
+    def deliver(self, message: DeliveredMessage) -> None:
+        """Hand `message` to the consumer, as aiormq does, and let it finish."""
+        self.loop.run_until_complete(self.start(message))
+        self.settle()
+
+    def start(self, message: DeliveredMessage) -> asyncio.Task[None]:
+        """Hand `message` to the consumer in a task of its own, as aiormq does."""
+        callback = self.channel.raw.consumers.get("ctag-1")
+        assert callback is not None, "the function's queue is not consumed"
+        return self.loop.create_task(callback(message))
+
+    def settle(self) -> None:
+        """Let whatever waits on the function's results (registered before us) run."""
+        for future in self.function.futures:
+            if future.done():
+                self.loop.run_until_complete(after(future))
+
+    def until(self, condition: Callable[[Broker], bool]) -> None:
+        """Run the loop until `condition` holds (a bounded number of turns)."""
+        for _ in range(1000):
+            if condition(self):
+                return
+            self.loop.run_until_complete(turn())
+        raise AssertionError("the condition never held")
 
     def published_to(self, routing_key: str) -> list[aio_pika.Message]:
-        return [p.message for p in self.channel.published if p.routing_key == routing_key]
+        published = self.channel.published + self.confirmed.published
+        return [p.message for p in published if p.routing_key == routing_key]
+
+
+async def after(future: asyncio.Future[Any]) -> None:
+    """Return once the callbacks `future` already had have run (they are called in order)."""
+    marker = asyncio.get_running_loop().create_future()
+    future.add_done_callback(lambda _: marker.set_result(None))
+    await marker
+
+
+async def turn() -> None:
+    """One turn of the event loop."""
+    await asyncio.sleep(0)
 
 
 def serve(function: Function, **env: str) -> Iterator[Broker]:
@@ -203,7 +363,7 @@ def broker() -> Iterator[Broker]:
     yield from serve(Function(), RETRY_DELAY="10")
 
 
-def rpc(broker: Broker, body: bytes = b'{"k": 1}', **properties: Any) -> FakeMessage:
+def rpc(broker: Broker, body: bytes = b'{"k": 1}', **properties: Any) -> DeliveredMessage:
     return broker.message(body, reply_to="replies", correlation_id="c-1", **properties)
 
 
@@ -225,7 +385,18 @@ def test_declares_the_queue_bound_to_its_exchange_and_the_delay_queues(broker: B
     assert channel.prefetch == 1
 
 
-# -- RequestResponse ----------------------------------------------------------------------
+def test_consumes_on_the_channel_without_confirms_beside_a_confirming_one(broker: Broker) -> None:
+    assert not broker.channel.confirms and broker.confirmed.confirms
+    assert set(broker.channel.raw.consumers) == {"ctag-1"}
+    assert broker.confirmed.raw.consumers == {}
+
+
+def test_stop_consuming_cancels_the_consumer(broker: Broker) -> None:
+    broker.loop.run_until_complete(broker.consumer.stop_consuming())
+    assert broker.channel.raw.consumers == {}
+
+
+# -- RequestResponse: the fast path -------------------------------------------------------
 
 
 def test_request_is_answered_to_reply_to_then_acknowledged(broker: Broker) -> None:
@@ -233,11 +404,73 @@ def test_request_is_answered_to_reply_to_then_acknowledged(broker: Broker) -> No
     (reply,) = broker.published_to("replies")
     assert reply.body == b'{"k": 1}'
     assert reply.correlation_id == "c-1"
+    assert reply.content_type == "application/json"
     assert reply.headers == {"X-Amz-Executed-Version": "$LATEST"}
-    assert broker.channel.log == [("publish", "replies"), ("ack", "m-1")]
+    assert broker.log == [("publish", "replies"), ("ack", "m-1")]
     (invocation,) = broker.function.invocations
     assert invocation.request_id == "m-1"
     assert invocation.invoked_arn.endswith(":function:fn")
+
+
+def test_reply_and_its_ack_leave_in_one_write(broker: Broker) -> None:
+    payload = b'{"text": "' + b"x" * (3 * CONTENT_SIZE) + b'"}'
+    broker.deliver(rpc(broker, payload))
+    (write,) = broker.writes
+    publish, header, *bodies, ack = write
+    assert isinstance(publish, spec.Basic.Publish)
+    assert (publish.exchange, publish.routing_key) == ("", "replies")
+    assert isinstance(header, ContentHeader) and header.body_size == len(payload)
+    assert len(bodies) == 4 and all(len(body.value) <= CONTENT_SIZE for body in bodies)
+    assert b"".join(body.value for body in bodies) == payload
+    assert isinstance(ack, spec.Basic.Ack)
+    assert (ack.delivery_tag, ack.multiple) == (1, False)
+    assert broker.confirmed.published == []
+
+
+def test_empty_reply_has_no_body_frame(broker: Broker) -> None:
+    broker.function.answers.append(InvocationResult(b""))
+    broker.deliver(rpc(broker))
+    (write,) = broker.writes
+    assert [type(frame) for frame in write] == [spec.Basic.Publish, ContentHeader, spec.Basic.Ack]
+    assert write[1].body_size == 0
+    assert broker.log == [("publish", "replies"), ("ack", "m-1")]
+
+
+def test_nothing_is_written_before_the_function_answers() -> None:
+    for broker in serve(Function(None)):
+        broker.deliver(rpc(broker))
+        assert broker.writes == [] and broker.log == []
+        broker.function.finish(InvocationResult(b'"done"'))
+        broker.settle()
+        assert broker.published_to("replies")[0].body == b'"done"'
+        assert broker.log == [("publish", "replies"), ("ack", "m-1")]
+
+
+def test_requests_are_answered_in_the_order_they_finish() -> None:
+    for broker in serve(Function(None, None), AWS_LAMBDA_MAX_CONCURRENCY="2"):
+        broker.deliver(rpc(broker, b'"first"', message_id="m-1"))
+        broker.deliver(rpc(broker, b'"second"', message_id="m-2"))
+        second, first = broker.function.futures
+        first.set_result(InvocationResult(b'"2"'))
+        broker.settle()
+        second.set_result(InvocationResult(b'"1"'))
+        broker.settle()
+        assert broker.log == [("publish", "replies"), ("ack", "m-2")] + [
+            ("publish", "replies"),
+            ("ack", "m-1"),
+        ]
+        assert [ack.delivery_tag for *_, ack in broker.writes] == [2, 1]
+
+
+def test_a_full_writer_queues_the_reply_behind_it(broker: Broker) -> None:
+    writer = broker.channel.raw.writer
+    writer.fill()
+    broker.deliver(rpc(broker))
+    assert broker.log == [], "nothing may be written while the writer is full"
+    writer.get_nowait()
+    broker.until(lambda b: len(b.log) == 2)
+    assert broker.log == [("publish", "replies"), ("ack", "m-1")]
+    assert len(broker.writes) == 2, "the heartbeat, then the reply with its ack"
 
 
 def test_function_error_and_log_tail_become_reply_headers() -> None:
@@ -252,6 +485,35 @@ def test_function_error_and_log_tail_become_reply_headers() -> None:
             "X-Amz-Log-Result": "bG9nIGxpbmUK",
         }
         assert broker.function.invocations[0].want_log_tail
+        assert len(broker.writes) == 1
+
+
+def test_a_closed_channel_leaves_the_request_to_the_broker() -> None:
+    for broker in serve(Function(None)):
+        broker.deliver(rpc(broker))
+        broker.connection.broken = True
+        broker.function.finish(InvocationResult(b"{}"))
+        broker.settle()
+        # Neither answered nor acknowledged: the broker redelivers it on the next connection.
+        assert broker.writes == [] and broker.log == []
+
+
+def test_unexpected_failure_dead_letters_the_message_and_goes_on() -> None:
+    for broker in serve(Function(RuntimeError("boom"))):
+        broker.deliver(rpc(broker))
+        broker.until(lambda b: ("ack", "m-1") in b.log)
+        (dead,) = broker.confirmed.published
+        assert dead.routing_key == f"{FUNCTION}-dlq"
+        assert dead.message.headers is not None
+        assert dead.message.headers["x-condition"] == "MalformedMessage"
+        assert "boom" in str(dead.message.headers["x-error-body"])
+        assert broker.log == [("publish", "fn-dlq"), ("confirm", "fn-dlq"), ("ack", "m-1")]
+        broker.deliver(rpc(broker, message_id="m-2"))
+        assert len(broker.published_to("replies")) == 1
+        assert broker.log[-1] == ("ack", "m-2")
+
+
+# -- RequestResponse: the general path ----------------------------------------------------
 
 
 def test_bad_request_header_is_answered_with_the_invoke_error_unrun(broker: Broker) -> None:
@@ -261,13 +523,25 @@ def test_bad_request_header_is_answered_with_the_invoke_error_unrun(broker: Brok
     assert (error["code"], error["status"]) == ("InvalidParameterValueException", 400)
     assert "X-Amz-Client-Context" in error["message"]
     assert broker.function.invocations == []
-    assert broker.channel.log[-1] == ("ack", "m-1")
+    assert broker.writes == [], "refused on the general path"
+    assert broker.log == [("publish", "replies"), ("ack", "m-1")]
 
 
 def test_oversized_request_is_refused_unrun(broker: Broker) -> None:
     broker.deliver(rpc(broker, b"x" * (6 * 1024 * 1024 + 1)))
     assert error_of(broker.published_to("replies")[0])["status"] == 413
     assert broker.function.invocations == []
+    assert broker.writes == []
+
+
+def test_request_with_undecodable_headers_is_dead_lettered_unrun(broker: Broker) -> None:
+    broker.deliver(rpc(broker, headers={UNDECODABLE_HEADERS: True}))
+    assert broker.function.invocations == []
+    (dead,) = broker.confirmed.published
+    assert dead.routing_key == f"{FUNCTION}-dlq"
+    assert dead.message.headers is not None
+    assert dead.message.headers["x-condition"] == "MalformedMessage"
+    assert broker.log == [("publish", "fn-dlq"), ("confirm", "fn-dlq"), ("ack", "m-1")]
 
 
 def test_redelivered_request_runs_again_as_a_counted_copy(broker: Broker) -> None:
@@ -279,7 +553,20 @@ def test_redelivered_request_runs_again_as_a_counted_copy(broker: Broker) -> Non
     assert (copy.reply_to, copy.correlation_id, copy.message_id) == ("replies", "c-1", "m-1")
     assert copy.expiration == 30.0
     assert copy.timestamp == queued
-    assert broker.channel.log == [("publish", FUNCTION), ("ack", "m-1")]
+    assert broker.confirmed.published[0].message is copy, "the copy must survive the broker"
+    assert broker.log == [("publish", FUNCTION), ("confirm", FUNCTION), ("ack", "m-1")]
+
+
+def test_counted_copy_is_run_on_the_general_path() -> None:
+    for broker in serve(Function(None), MAXIMUM_RETRY_ATTEMPTS="2"):
+        handled = broker.start(rpc(broker, headers={ATTEMPT: 1}))
+        broker.until(lambda b: len(b.function.invocations) == 1)
+        assert broker.writes == [] and broker.log == []
+        broker.function.finish(InvocationResult(b'"again"'))
+        broker.loop.run_until_complete(handled)
+        assert broker.published_to("replies")[0].body == b'"again"'
+        assert broker.log == [("publish", "replies"), ("ack", "m-1")]
+        assert broker.writes == []
 
 
 @pytest.mark.parametrize(("retries", "attempt"), [("0", 0), ("2", 2), ("1", 1)])
@@ -294,25 +581,14 @@ def test_request_interrupted_too_often_is_answered_with_service_exception(
         error = error_of(broker.published_to("replies")[0])
         assert (error["code"], error["status"]) == ("ServiceException", 500)
         assert f"interrupted {attempt + 1} time(s)" in error["Message"]
-        assert broker.channel.log[-1] == ("ack", "m-1")
+        assert broker.log[-1] == ("ack", "m-1")
 
 
 def test_a_closed_channel_leaves_the_message_to_the_broker(broker: Broker) -> None:
-    broker.channel.broken = True
-    broker.deliver(rpc(broker))
+    broker.connection.broken = True
+    broker.deliver(rpc(broker, headers={"X-Amz-Client-Context": 5}))
     # Neither dead-lettered nor rejected: the broker redelivers it on the next connection.
-    assert broker.channel.log == [("failed", "replies")]
-
-
-def test_unexpected_failure_dead_letters_the_message_and_goes_on() -> None:
-    for broker in serve(Function(RuntimeError("boom"))):
-        broker.deliver(rpc(broker))
-        (dead,) = broker.published_to(f"{FUNCTION}-dlq")
-        assert dead.headers is not None and dead.headers["x-condition"] == "MalformedMessage"
-        assert "boom" in str(dead.headers["x-error-body"])
-        broker.deliver(rpc(broker, message_id="m-2"))
-        assert len(broker.published_to("replies")) == 1
-        assert broker.channel.log[-1] == ("ack", "m-2")
+    assert broker.log == [("failed", "replies")]
 
 
 # -- Events -------------------------------------------------------------------------------
@@ -320,8 +596,8 @@ def test_unexpected_failure_dead_letters_the_message_and_goes_on() -> None:
 
 def test_event_that_succeeds_is_acknowledged_and_nothing_else(broker: Broker) -> None:
     broker.deliver(broker.message(b'{"e": 1}'))
-    assert broker.channel.published == []
-    assert broker.channel.log == [("ack", "m-1")]
+    assert broker.channel.published == [] and broker.confirmed.published == []
+    assert broker.log == [("ack", "m-1")]
     assert broker.function.invocations[0].payload == b'{"e": 1}'
 
 
@@ -342,6 +618,38 @@ def test_failed_event_waits_in_the_delay_queues_then_is_dead_lettered() -> None:
         assert dead.headers["x-condition"] == "RetriesExhausted"
         assert dead.headers["ErrorMessage"] == "bad"
         assert len(broker.function.invocations) == 3
+        assert broker.channel.published == [], "all on the confirming channel"
+        assert [p.routing_key for p in broker.confirmed.published] == [
+            "fn-retry-1",
+            "fn-retry-2",
+            "fn-dlq",
+        ]
+
+
+@pytest.mark.parametrize(("attempt", "queue"), [(0, "fn-retry-1"), (2, "fn-dlq")])
+def test_failed_event_is_acknowledged_only_once_its_copy_is_confirmed(
+    attempt: int, queue: str
+) -> None:
+    failure = InvocationResult(b'{"errorMessage": "bad", "errorType": "E"}', "E")
+    for broker in serve(Function(failure), RETRY_DELAY="10"):
+        broker.confirmed.confirm.clear()
+        headers = {ATTEMPT: attempt} if attempt else None
+        handled = broker.start(broker.message(b"{}", headers=headers))
+        broker.until(lambda b: ("publish", queue) in b.log)
+        broker.loop.run_until_complete(turn())
+        assert broker.log == [("publish", queue)], "acknowledged before the broker confirmed"
+        broker.confirmed.confirm.set()
+        broker.loop.run_until_complete(handled)
+        assert broker.log == [("publish", queue), ("confirm", queue), ("ack", "m-1")]
+
+
+def test_http_event_is_queued_on_the_confirming_channel(broker: Broker) -> None:
+    invocation = Invocation("r-1", b'{"e": 2}', 3.0, broker.consumer._config.function_arn)
+    broker.loop.run_until_complete(broker.consumer.publish_event(invocation))
+    (queued,) = broker.confirmed.published
+    assert (queued.routing_key, queued.message.body) == (FUNCTION, b'{"e": 2}')
+    assert queued.message.delivery_mode == DeliveryMode.PERSISTENT
+    assert broker.log == [("publish", FUNCTION), ("confirm", FUNCTION)]
 
 
 def test_redelivered_event_is_counted_on_a_copy(broker: Broker) -> None:
@@ -349,6 +657,7 @@ def test_redelivered_event_is_counted_on_a_copy(broker: Broker) -> None:
     (copy,) = broker.published_to(FUNCTION)
     assert copy.headers == {"mine": "kept", ATTEMPT: 1}
     assert broker.function.invocations == []
+    assert broker.log == [("publish", FUNCTION), ("confirm", FUNCTION), ("ack", "m-1")]
 
 
 def test_event_older_than_the_maximum_age_is_dead_lettered_unrun(broker: Broker) -> None:
@@ -363,4 +672,4 @@ def test_undecodable_headers_are_dead_lettered_as_they_came(broker: Broker) -> N
     (dead,) = broker.published_to(f"{FUNCTION}-dlq")
     assert dead.headers is not None and dead.headers["x-condition"] == "MalformedMessage"
     assert broker.function.invocations == []
-    assert broker.channel.log[-1] == ("ack", "m-1")
+    assert broker.log[-1] == ("ack", "m-1")
