@@ -7,6 +7,7 @@ test's daemon is stopped, no process carrying that marker may remain (no orphans
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import http.client
 import json
 import os
@@ -15,10 +16,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,23 +90,74 @@ def _quiet_ports() -> range:
 
 
 QUIET_PORTS = _quiet_ports()
+# One byte per port, locked (fcntl record lock) by the process that picked that port, so
+# the test processes running at once (xdist workers, other sessions) never pick the same
+# one between the pick and the bind. The kernel drops a dead process's locks.
+PORT_LOCKS = Path(tempfile.gettempdir()) / f"lambda-rapid-test-ports-{os.getuid()}.lock"
+# A pick stays locked until this many later picks of the same process: far longer than
+# any server takes to bind it (then the bind check below keeps it from being picked).
+HELD_PICKS = 64
 
 
-def free_port() -> int:
+class PortPicker:
+    """Picks free quiet ports that no other running test process has picked recently."""
+
+    def __init__(self, locks: Path) -> None:
+        self._locks = locks
+        self._fd = -1  # never closed: closing any descriptor of the file drops every lock
+        self._held: deque[int] = deque()
+
+    def pick(self, candidates: range) -> int | None:
+        """A free port of `candidates`, now locked by this process; None if none was found."""
+        if self._fd < 0:
+            self._fd = os.open(self._locks, os.O_RDWR | os.O_CREAT, 0o600)
+        for _ in range(100 if candidates else 0):
+            port = random.choice(candidates)
+            if port in self._held or not self._lock(port):
+                continue
+            if bindable(port):
+                self._hold(port)
+                return port
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, port)
+        return None
+
+    def _lock(self, port: int) -> bool:
+        try:
+            fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, port)
+        except OSError:
+            return False  # another process picked it
+        return True
+
+    def _hold(self, port: int) -> None:
+        self._held.append(port)
+        if len(self._held) > HELD_PICKS:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, self._held.popleft())
+
+
+def bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+PORTS = PortPicker(PORT_LOCKS)
+
+
+def free_port(candidates: range = QUIET_PORTS) -> int:
     """A free loopback port for a server to bind soon, picked where nothing else will.
 
     A port the kernel picked for us (bind to 0) may be handed to any client socket or
-    `bind(0)` before our server binds it, which happens under parallel tests; a random
-    port below the ephemeral range is taken only by another test's same pick.
+    `bind(0)` before our server binds it, which happens under parallel tests; a port
+    below the ephemeral range, locked across processes (`PortPicker`), is taken by
+    nobody else in between. Two daemons given the same port would make one of them exit
+    at start-up, resetting the connections its early-bound Invoke API socket accepted.
     """
-    for _ in range(100 if QUIET_PORTS else 0):
-        port = random.choice(QUIET_PORTS)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
+    port = PORTS.pick(candidates)
+    if port is not None:
+        return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
