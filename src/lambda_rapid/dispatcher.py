@@ -629,8 +629,12 @@ class Dispatcher:
     # -- failures -----------------------------------------------------------------------
 
     def _on_deadline(self, job: Job) -> None:
-        job.timer = None
         invocation = job.invocation
+        remaining = invocation.deadline_epoch - time.time()
+        if remaining > 0:  # uvloop's millisecond timers may fire a little early
+            job.timer = self._running_loop().call_later(remaining, self._on_deadline, job)
+            return
+        job.timer = None
         result = InvocationResult(
             timeout_error(invocation.request_id, invocation.timeout), "Sandbox.Timedout"
         )
