@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import grp
+import logging
 import os
 import pwd
 import urllib.parse
@@ -94,8 +95,12 @@ def mask_process(pid: int | str, secrets: list[bytes]) -> None:
 
 def conceal(secrets: list[bytes]) -> None:
     """Mask the secrets in this process's argv and environ."""
-    if secrets:
+    if not secrets:
+        return
+    try:
         mask_process("self", secrets)
+    except OSError as error:  # no /proc here: nothing of ours to read there either
+        logging.getLogger(__name__).warning("cannot mask the broker password: %s", error)
 
 
 # -- keeping the daemon's memory from runtimes ------------------------------------------

@@ -294,3 +294,34 @@ def test_setting_and_its_file_together(tmp_path: Path, program: str) -> None:
 @pytest.mark.parametrize("value", ["no-such-user-here", "nobody:no-such-group", ":1", "1:x:2"])
 def test_bad_runtime_user(value: str) -> None:
     assert_config_error(run_program(DAEMON, {"RUNTIME_USER": value}), "RUNTIME_USER")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a mount namespace")
+def test_without_proc_the_daemon_warns_and_serves(tmp_path: Path, broker_url: str) -> None:
+    """Where /proc is not mounted the password cannot be masked: one warning, no crash."""
+    port = free_port()
+    env = dict(
+        os.environ,
+        PORT=str(port),
+        INVOKE_API_HOST="127.0.0.1",
+        RUNTIME_API_PORT="0",
+        AMQP_URI=broker_url,
+        AWS_LAMBDA_FUNCTION_NAME=f"noproc-{uuid.uuid4().hex[:8]}",
+    )
+    log = tmp_path / "daemon.log"
+    unmount_proc = ["unshare", "--mount", "sh", "-c", 'umount -l /proc && exec "$@"', "sh"]
+    command = [*unmount_proc, DAEMON, *PYTHON_RIC, "fn.handler"]  # the daemon keeps the pid
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            command, cwd=FUNCTIONS, env=env, stdout=out, stderr=out, start_new_session=True
+        )
+    try:
+        daemon = Daemon(proc, port, 0, "", tmp_path, env["AWS_LAMBDA_FUNCTION_NAME"])
+        assert wait_for(lambda: b" ready" in log.read_bytes(), 30), log.read_text()
+        assert daemon.invoke({"echo": 1}).json() == {"echo": 1}
+        text = log.read_text()
+        assert "cannot mask the broker password" in text
+        assert "Traceback" not in text
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
