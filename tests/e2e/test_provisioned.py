@@ -103,8 +103,9 @@ def test_provisioned_instance_is_replaced_after_a_crash(start_daemon: Any) -> No
     crashed = daemon.invoke({"exit": 3})
     assert crashed.header("X-Amz-Function-Error") == "Unhandled"
     # A successor is initialised at once, without waiting for an invocation.
-    assert poll(lambda: (p := daemon.runtime_pids()) and p != [first]), daemon.stderr()
-    successor = daemon.runtime_pids()
+    # The polled value itself: a second read can catch the successor mid-exec.
+    successor = poll(lambda: (p := daemon.runtime_pids()) and p != [first] and p)
+    assert successor, daemon.stderr()
     answer = daemon.invoke({"env": True}).json()
     assert answer["AWS_LAMBDA_INITIALIZATION_TYPE"] == "provisioned-concurrency"
     assert pid_of(daemon) in successor

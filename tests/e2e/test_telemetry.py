@@ -132,7 +132,9 @@ def test_batches_for_success_failure_and_timeout(start_daemon: Any, tmp_path: Pa
     assert timed_out["platform.runtimeDone"]["status"] == "timeout"
     assert timed_out["platform.runtimeDone"]["errorType"] == "Sandbox.Timedout"
     assert timed_out["platform.report"]["status"] == "timeout"
-    assert timed_out["platform.report"]["metrics"]["durationMs"] >= 1000
+    # The deadline counts from the invocation's arrival, the duration from the moment an
+    # instance took it: the handover between the two (well under 100 ms) is not in it.
+    assert timed_out["platform.report"]["metrics"]["durationMs"] > 900
     # The function's own output still goes to the daemon's stdout.
     assert "hello from the function" in daemon.stdout()
 
