@@ -22,8 +22,10 @@ from lambda_rapid.amqp_connection import (
     BROKER_ERRORS,
     CONNECTION_ERRORS,
     READY_WAIT,
+    close,
     closed_future,
     connect,
+    raise_if_cancelled,
 )
 from lambda_rapid.amqp_wire import function_exchange, request_headers, result_of_reply
 from lambda_rapid.config import AmqpConfig, ServerConfig
@@ -66,12 +68,12 @@ class RpcClient:
                 await closed
                 logger.warning("lost the broker connection; reconnecting")
             except CONNECTION_ERRORS as error:
+                raise_if_cancelled()
                 logger.warning("broker connection failed (%s); reconnecting", error)
             finally:
                 self._ready.clear()
                 self._fail_pending()
-                if not connection.is_closed:
-                    await connection.close()
+                await close(connection)
 
     async def _open(self, connection: aio_pika.abc.AbstractConnection) -> None:
         self._connection = connection

@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 install_tolerant_decoding()
 
 READY_WAIT = 5.0  # seconds a publish waits for the broker connection before a 503
+CLOSE_WAIT = 3.0  # seconds a close waits for the broker's Close-Ok
 CONNECTION_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, OSError, TimeoutError)
 # A channel closed under a publish raises ChannelInvalidStateError, a RuntimeError.
 BROKER_ERRORS = (*CONNECTION_ERRORS, aiormq.exceptions.ChannelInvalidStateError)
@@ -32,8 +33,9 @@ async def connect(amqp: AmqpConfig) -> aio_pika.abc.AbstractConnection:
     """Connect, retrying as the URI's connection_attempts and retry_delay say."""
     for attempt in range(1, amqp.connection_attempts + 1):
         try:
-            return await aio_pika.connect(amqp.url, timeout=10)
+            connection = await aio_pika.connect(amqp.url, timeout=10)
         except CONNECTION_ERRORS as error:
+            raise_if_cancelled()
             if attempt == amqp.connection_attempts:
                 raise BrokerUnavailable(
                     f"cannot reach the broker at {amqp.display} after {attempt} attempt(s): "
@@ -48,7 +50,39 @@ async def connect(amqp: AmqpConfig) -> aio_pika.abc.AbstractConnection:
                 amqp.retry_delay,
             )
             await asyncio.sleep(amqp.retry_delay)
+        else:
+            if cancelling():
+                await close(connection)
+                raise asyncio.CancelledError
+            return connection
     raise AssertionError("unreachable")
+
+
+def cancelling() -> bool:
+    """Whether the current task was asked to stop, whatever it is seeing instead.
+
+    On Python 3.11, ``asyncio.wait_for`` (aio-pika and aiormq use it while connecting)
+    drops a cancellation that arrives just as the attempt fails or succeeds: the task is
+    still marked as cancelling, but gets the attempt's outcome instead of CancelledError.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def raise_if_cancelled() -> None:
+    """Turn a broker error that hides a cancellation back into CancelledError."""
+    if cancelling():
+        raise asyncio.CancelledError
+
+
+async def close(connection: aio_pika.abc.AbstractConnection) -> None:
+    """Close without waiting on a broker that no longer answers (a half-open socket)."""
+    if connection.is_closed:
+        return
+    try:
+        await asyncio.wait_for(connection.close(), CLOSE_WAIT)
+    except Exception:  # noqa: BLE001 - the connection is dropped either way
+        logger.debug("broker connection closed uncleanly", exc_info=True)
 
 
 def closed_future(connection: aio_pika.abc.AbstractConnection) -> asyncio.Future[None]:

@@ -485,3 +485,16 @@ def test_lambda_server_answers_503_while_the_broker_is_away(
         assert "Traceback" not in server.stderr()
     finally:
         proxy.cut()
+
+
+def test_lambda_server_stops_on_sigterm_while_it_reconnects(start_server: Any) -> None:
+    # Nothing listens on the port, and retry_delay=0 keeps each server inside a connection
+    # attempt almost all the time: SIGTERM lands on one mid-attempt in about half the cases.
+    refused = free_port()
+    uri = f"amqp://guest:guest@127.0.0.1:{refused}/?connection_attempts=1000000&retry_delay=0"
+    servers = [start_server(uri=uri, ready=False) for _ in range(4)]
+    for server in servers:
+        assert wait_for(lambda s=server: "cannot reach the broker" in s.stderr(), 30), (
+            server.stderr()
+        )
+    assert [server.stop() for server in servers] == [0, 0, 0, 0]  # SIGTERM, then wait
