@@ -40,8 +40,10 @@ from lambda_rapid.amqp_connection import (
     BROKER_ERRORS,
     CONNECTION_ERRORS,
     READY_WAIT,
+    close,
     closed_future,
     connect,
+    raise_if_cancelled,
 )
 from lambda_rapid.amqp_wire import (
     ATTEMPT,
@@ -154,12 +156,12 @@ class RpcConsumer:
                 await self._serve(connection)
                 logger.warning("lost the broker connection; reconnecting")
             except CONNECTION_ERRORS as error:
+                raise_if_cancelled()
                 logger.warning("broker connection failed (%s); reconnecting", error)
             finally:
                 self.consuming.clear()
                 self._channel = self._confirmed = self._raw = None
-                if not connection.is_closed:
-                    await connection.close()
+                await close(connection)
 
     async def _serve(self, connection: aio_pika.abc.AbstractConnection) -> None:
         closed = closed_future(connection)

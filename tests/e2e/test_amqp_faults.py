@@ -498,3 +498,15 @@ def test_lambda_server_stops_on_sigterm_while_it_reconnects(start_server: Any) -
             server.stderr()
         )
     assert [server.stop() for server in servers] == [0, 0, 0, 0]  # SIGTERM, then wait
+
+
+def test_daemon_stops_on_sigterm_while_it_reconnects(start_daemon: Any) -> None:
+    # As above, for the daemon's consumer: SIGTERM mid-attempt must still stop it, status 0.
+    refused = free_port()
+    uri = f"amqp://guest:guest@127.0.0.1:{refused}/?connection_attempts=1000000&retry_delay=0"
+    daemons = [start_daemon(env={"AMQP_URI": uri}) for _ in range(4)]
+    for daemon in daemons:
+        assert wait_for(lambda d=daemon: "cannot reach the broker" in d.stderr(), 30), (
+            daemon.stderr()
+        )
+    assert [daemon.stop() for daemon in daemons] == [0, 0, 0, 0]  # SIGTERM, then wait
