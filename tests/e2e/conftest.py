@@ -146,6 +146,18 @@ def bindable(port: int) -> bool:
 PORTS = PortPicker(PORT_LOCKS)
 
 
+def raw_exchange(port: int, data: bytes, timeout: float = 20) -> bytes:
+    """Send `data` on a fresh connection; everything received until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(data)
+        received = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                received += chunk
+        return received
+
+
 def free_port(candidates: range = QUIET_PORTS) -> int:
     """A free loopback port for a server to bind soon, picked where nothing else will.
 

@@ -4,13 +4,12 @@ details a web client relies on (pipelining, chunked bodies, HTTP/1.0, UTF-8 head
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
 from collections.abc import Iterator
 
 import pytest
 
+from tests.e2e.conftest import raw_exchange
 from tests.e2e.test_gateway import Gateway, start_gateway
 
 HTTP_TIMEOUT = 20
@@ -22,18 +21,6 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     started = start_gateway(tmp_path_factory.mktemp("limits"))
     yield started
     assert started.daemon.stop() == 0
-
-
-def raw_exchange(port: int, data: bytes) -> bytes:
-    """Send `data` on a fresh connection; everything received until the gateway closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=HTTP_TIMEOUT) as sock:
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            sock.sendall(data)
-        received = b""
-        with contextlib.suppress(ConnectionResetError):
-            while chunk := sock.recv(65536):
-                received += chunk
-        return received
 
 
 def answers(received: bytes) -> list[tuple[bytes, dict[str, str], bytes]]:

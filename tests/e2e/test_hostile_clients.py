@@ -4,15 +4,13 @@ a flood of Events. Each answer is Lambda's, and the daemon keeps serving afterwa
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import PYTHON_RIC, Daemon, Response, ok, spawn_daemon
+from tests.e2e.conftest import PYTHON_RIC, Daemon, Response, ok, raw_exchange, spawn_daemon
 
 HTTP_TIMEOUT = 20
 PATH = "/2015-03-31/functions/fn/invocations"
@@ -27,18 +25,6 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     )
     yield started
     started.stop()
-
-
-def raw_exchange(port: int, data: bytes) -> bytes:
-    """Send `data` on a fresh connection; everything received until the daemon closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=HTTP_TIMEOUT) as sock:
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            sock.sendall(data)
-        received = b""
-        with contextlib.suppress(ConnectionResetError):
-            while chunk := sock.recv(65536):
-                received += chunk
-        return received
 
 
 def error_of(response: Response, status: int, code: str) -> dict[str, object]:
