@@ -12,7 +12,6 @@ import pytest
 from tests.e2e.conftest import raw_exchange
 from tests.e2e.test_gateway import Gateway, start_gateway
 
-HTTP_TIMEOUT = 20
 MAX_BODY = 10 * 1024 * 1024  # API Gateway's request size limit
 
 
