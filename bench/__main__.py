@@ -187,8 +187,12 @@ def load(url: str, concurrency: int, seconds: float) -> dict[str, float]:
     return result
 
 
+# Seconds of load before each measurement (shorter in quick mode).
+WARM_SECONDS = [0.5]
+
+
 def warm(server: Server, concurrency: int) -> None:
-    load(server.url, concurrency, 0.5)
+    load(server.url, concurrency, WARM_SECONDS[0])
 
 
 def measure_load(
@@ -261,7 +265,7 @@ def measure_memory(kind: str, invocations: int) -> dict[str, float]:
         after_warm = rss_mb(server.proc.pid)
         done = 0
         while done < invocations:
-            done += int(load(server.url, 4, 1.0)["count"])
+            done += int(load(server.url, 4, min(1.0, invocations / 2000))["count"])
         after = rss_mb(server.proc.pid)
     return {
         "idle_mb": idle,
@@ -411,7 +415,8 @@ def compile_package() -> None:
 
 
 def run(quick: bool, count: int) -> dict[str, Any]:
-    seconds = 1.0 if quick else 5.0
+    seconds = 0.3 if quick else 5.0
+    WARM_SECONDS[0] = 0.1 if quick else 0.5
     report: dict[str, Any] = {
         "quick": quick,
         "rounds": count,
@@ -431,7 +436,7 @@ def run(quick: bool, count: int) -> dict[str, Any]:
     report["floors"] = measure_floors(count, seconds, cases)
     report["metrics"] = measure_metrics_cost(count, seconds)
     print("memory", file=sys.stderr)
-    report["memory"] = rounds(1, lambda kind: measure_memory(kind, 2000 if quick else 20000))
+    report["memory"] = rounds(1, lambda kind: measure_memory(kind, 500 if quick else 20000))
     print("start-up", file=sys.stderr)
     report["startup"] = rounds(1 if quick else 5, measure_startup)
     if broker_up():

@@ -62,7 +62,7 @@ def test_quick_benchmark_produces_results(tmp_path: Path) -> None:
             assert_load_case(report[key][kind], f"{key} {kind}")
     for kind in ("ours", "floor"):
         memory = {k: v["median"] for k, v in report["memory"][kind].items()}
-        assert memory["invocations"] >= 2000, memory
+        assert memory["invocations"] >= 500, memory
         assert memory["idle_mb"] > 5 and memory["loaded_mb"] > 5, memory
         startup = {k: v["median"] for k, v in report["startup"][kind].items()}
         assert 0 < startup["listen_ms"] < startup["first_ms"], startup

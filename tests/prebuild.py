@@ -1,0 +1,30 @@
+"""Build what the slowest-to-prepare tests need, into the caches they read from: the Go
+runtimes (tests/e2e/go_toolchain.py) and the single executables
+(packaging/cached_build.py). Started in the background by tests/conftest.py."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "packaging"))
+
+from cached_build import CACHE, executables  # noqa: E402
+
+from tests.e2e.go_toolchain import build_go_echo, build_go_program, go_executable  # noqa: E402
+
+
+def main() -> None:
+    if go_executable() is not None:
+        with tempfile.TemporaryDirectory() as out:
+            build_go_echo(Path(out))
+            hostile = REPO / "tests" / "e2e" / "functions" / "scratch"
+            build_go_program(hostile, "hostile", Path(out), CACHE / "go")
+    executables()
+
+
+if __name__ == "__main__":
+    main()
