@@ -35,7 +35,6 @@ import enum
 import json
 import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -172,7 +171,7 @@ class Extension:
         self, name: str, instance: Instance, events: frozenset[str], internal: bool
     ) -> None:
         self.name = name
-        self.identifier = str(uuid.uuid4())
+        self.identifier = new_identifier()
         self.instance = instance
         self.events = events
         self.internal = internal
@@ -456,6 +455,8 @@ class Hub:
             raise ExtensionError(
                 403, "Extension.MissingExtensionIdentifier", "Missing extension identifier"
             )
+        import uuid  # noqa: PLC0415 - off the start-up path: extensions are rare
+
         try:
             uuid.UUID(identifier)
         except ValueError:
@@ -490,3 +491,10 @@ def enable_telemetry(hub: Hub, version: str, memory_size: int, extensions_dir: s
         return
     hub.telemetry = lambda extension, request: first("telemetry", extension, request)
     hub.logs = lambda extension, request: first("logs", extension, request)
+
+
+def new_identifier() -> str:
+    """A random (version 4) UUID from the OS: an extension's identifier is its credential."""
+    import uuid  # noqa: PLC0415 - off the start-up path: extensions are rare
+
+    return str(uuid.uuid4())

@@ -12,12 +12,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import uuid
 from collections.abc import Awaitable
 from typing import Protocol
 
 from lambda_rapid.errors import RuntimeApiError, error_member
-from lambda_rapid.extensions import EVENT_TYPES, Extension, ExtensionError, ExtensionSet, Hub
+from lambda_rapid.extensions import (
+    EVENT_TYPES,
+    Extension,
+    ExtensionError,
+    ExtensionSet,
+    Hub,
+    new_identifier,
+)
 from lambda_rapid.futures import chain
 from lambda_rapid.httpserver import Request, Response
 from lambda_rapid.instance import Instance, State
@@ -144,7 +150,7 @@ def requested_events(body: bytes) -> frozenset[str]:
 
 
 def event_response(event: bytes) -> Response:
-    headers = {"Lambda-Extension-Event-Identifier": str(uuid.uuid4()), **JSON}
+    headers = {"Lambda-Extension-Event-Identifier": new_identifier(), **JSON}
     return Response(200, event, headers)
 
 

@@ -149,6 +149,22 @@ class Response:
         return head_bytes.encode("latin-1") + self.body
 
 
+class ConstantResponse(Response):
+    """An answer sent unchanged again and again: encoded once, for kept-alive connections.
+    Never mutated once built."""
+
+    __slots__ = ("_wire",)
+
+    def __init__(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None):
+        super().__init__(status, body, headers)
+        self._wire = super().encode(keep_alive=True)
+
+    def encode(self, keep_alive: bool, head: bool = False) -> bytes:
+        if keep_alive and not head:
+            return self._wire
+        return super().encode(keep_alive, head)
+
+
 class CutStream(Exception):
     """Raised by a streamed answer's source: end the answer as incomplete (no last chunk)."""
 

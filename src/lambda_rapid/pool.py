@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import functools
 import logging
 import os
@@ -61,7 +60,8 @@ def describe_exit(returncode: int) -> str | None:
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The C library, as already loaded into this process (finding it by name runs ldconfig).
+_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def become_subreaper() -> bool:

@@ -30,7 +30,14 @@ from lambda_rapid.errors import (
     response_too_large_error,
 )
 from lambda_rapid.extensions_api import ExtensionsApi
-from lambda_rapid.httpserver import BodySink, Deferred, HttpServer, Request, Response
+from lambda_rapid.httpserver import (
+    BodySink,
+    ConstantResponse,
+    Deferred,
+    HttpServer,
+    Request,
+    Response,
+)
 from lambda_rapid.instance import Instance
 from lambda_rapid.invocation import Invocation, InvocationResult
 from lambda_rapid.peers import PeerCheck, proc_available
@@ -74,8 +81,11 @@ def error_type_of(body: bytes) -> str:
     return error_member(body, "errorType") or UNKNOWN_ERROR_TYPE
 
 
+ACCEPTED = ConstantResponse(202, b'{"status":"OK"}', JSON)
+
+
 def accepted() -> Response:
-    return Response(202, b'{"status":"OK"}', JSON)
+    return ACCEPTED
 
 
 class RuntimeCore(Protocol):

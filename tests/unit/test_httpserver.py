@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from lambda_rapid.httpserver import (
+    ConstantResponse,
     FullRequest,
     HeaderList,
     HttpServer,
@@ -539,3 +540,15 @@ def test_a_header_list_writes_repeated_names_in_order() -> None:
         b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nX-Other: o\r\nSet-Cookie: b=2  X: y\r\n"
         b"Content-Length: 2\r\n\r\nhi"
     )
+
+
+def test_a_constant_response_is_encoded_once_and_still_closes_when_asked() -> None:
+    answer = ConstantResponse(202, b'{"status":"OK"}', {"Content-Type": "application/json"})
+    kept = answer.encode(keep_alive=True)
+    assert answer.encode(keep_alive=True) is kept
+    assert kept == Response(202, b'{"status":"OK"}', {"Content-Type": "application/json"}).encode(
+        keep_alive=True
+    )
+    closing = answer.encode(keep_alive=False)
+    assert b"Connection: close\r\n" in closing and closing.endswith(b'{"status":"OK"}')
+    assert answer.encode(keep_alive=True, head=True).endswith(b"\r\n\r\n")
