@@ -7,14 +7,10 @@ environment handed to runtime processes (the daemon's own minus secrets).
 
 from __future__ import annotations
 
-import argparse
 import os
-import shutil
 import sys
-import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from lambda_rapid import settings
 from lambda_rapid.credentials import RuntimeUser
@@ -119,6 +115,8 @@ def amqp_config(
     """Split AMQP_URI into a connection URL and the reconnection policy it names."""
     if uri is None:
         return None
+    import urllib.parse  # only with AMQP on: kept off the start-up path
+
     parts = urllib.parse.urlsplit(uri)
     query = urllib.parse.parse_qs(parts.query)
     if parts.scheme == "amqps" and "cafile" not in query and "capath" not in query:
@@ -242,9 +240,20 @@ With no COMMAND the first existing of /var/task/bootstrap, /opt/bootstrap and
 Every setting is an environment variable or a flag; flags win."""
 
 
-def daemon_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> DaemonConfig:
-    """Build the daemon's config from command-line arguments and the environment."""
-    env = os.environ if environ is None else environ
+class NoFlags:
+    """The parsed command line when it is only the runtime command (the common start):
+    no flag is set, so the argument parser is not even imported."""
+
+    def __init__(self, command: list[str]) -> None:
+        self.command = command
+
+
+def daemon_flags(argv: list[str]) -> object:
+    """The flags (as attributes named after the settings' fields) and `command`."""
+    if not argv or not argv[0].startswith("-"):
+        return NoFlags(argv)
+    import argparse  # see NoFlags
+
     parser = build_parser("lambda-runtime-api-daemon", ALL_DAEMON_SETTINGS, DAEMON_DESCRIPTION)
     parser.add_argument(
         "command",
@@ -252,9 +261,15 @@ def daemon_config(argv: Sequence[str], environ: Mapping[str, str] | None = None)
         metavar="COMMAND ...",
         help="the runtime command, e.g. python -m awslambdaric echo.handler",
     )
-    flags = parser.parse_args(expand_switches(emulator_flags(argv), ALL_DAEMON_SETTINGS))
+    return parser.parse_args(argv)
+
+
+def daemon_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> DaemonConfig:
+    """Build the daemon's config from command-line arguments and the environment."""
+    env = os.environ if environ is None else environ
+    flags = daemon_flags(expand_switches(emulator_flags(argv), ALL_DAEMON_SETTINGS))
     values = SettingValues(ALL_DAEMON_SETTINGS, flags, env)
-    command = _runtime_command(list(flags.command))
+    command = _runtime_command(list(flags.command))  # type: ignore[attr-defined]
     handler = command[-1] if len(command) >= 2 else (env.get("_HANDLER") or None)
     function_name = values.get(settings.FUNCTION_NAME) or default_function_name(handler, command[0])
     return DaemonConfig(
@@ -330,9 +345,19 @@ def _runtime_command(args: list[str]) -> list[str]:
             "runtime command: none given and no bootstrap found in " + ", ".join(DEFAULT_BOOTSTRAPS)
         )
     program = args[0]
-    if shutil.which(program) is None:
+    if not is_executable_program(program):
         raise ConfigError(f"runtime command: {program!r} not found or not executable")
     return args
+
+
+def is_executable_program(program: str) -> bool:
+    """Whether `program` names an executable file, as a path or found on PATH."""
+    if os.sep in program:
+        candidates = [program]
+    else:
+        path = os.environ.get("PATH", os.defpath).split(os.pathsep)
+        candidates = [os.path.join(directory or ".", program) for directory in path]
+    return any(os.path.isfile(c) and os.access(c, os.X_OK) for c in candidates)
 
 
 # The AWS emulator's flags, accepted anywhere before a `--` (its own scripts put them
@@ -386,7 +411,7 @@ def _as_own_flags(flag: str, value: str) -> list[str]:
 def default_function_name(handler: str | None, program: str) -> str:
     """`echo.handler` → `echo`; with no handler, the program's file name."""
     source = handler.rpartition(".")[0] if handler and "." in handler else None
-    return function_name_from(Path(source or program).name)
+    return function_name_from(os.path.basename(os.path.normpath(source or program)))
 
 
 def runtime_base_environ(
@@ -419,6 +444,8 @@ def program_path(environ: Mapping[str, str] | None = None) -> str:
         return env[PROGRAM_PATH_VAR]
     if getattr(sys, "frozen", False):
         return sys.executable
+    import shutil  # only for the init container's copy
+
     return shutil.which(sys.argv[0]) or sys.argv[0]
 
 

@@ -16,7 +16,6 @@ import grp
 import logging
 import os
 import pwd
-import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -54,7 +53,9 @@ def read_secret_file(path: str) -> str:
 
 def needles(secret: str) -> list[bytes]:
     """The forms a password takes in argv and environ: as is, and percent-encoded."""
-    forms = {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote(secret)}
+    from urllib.parse import quote  # only with a broker password: off the start-up path
+
+    forms = {secret, quote(secret, safe=""), quote(secret)}
     return sorted((form.encode() for form in forms if form), key=len, reverse=True)
 
 
@@ -147,8 +148,10 @@ def protect(amqp: AmqpConfig | None, runtimes: bool) -> None:
     """At start: mask the broker password in /proc and seal the process."""
     secrets: list[bytes] = []
     if amqp is not None:
-        password = urllib.parse.urlsplit(amqp.url).password
-        secrets = needles(urllib.parse.unquote(password)) if password else []
+        from urllib.parse import unquote, urlsplit  # AMQP only: off the start-up path
+
+        password = urlsplit(amqp.url).password
+        secrets = needles(unquote(password)) if password else []
     conceal(secrets)
     seal(runtimes)
 

@@ -455,7 +455,7 @@ class Hub:
             raise ExtensionError(
                 403, "Extension.MissingExtensionIdentifier", "Missing extension identifier"
             )
-        import uuid  # noqa: PLC0415 - off the start-up path: extensions are rare
+        import uuid  # off the start-up path: extensions are rare
 
         try:
             uuid.UUID(identifier)
@@ -495,6 +495,6 @@ def enable_telemetry(hub: Hub, version: str, memory_size: int, extensions_dir: s
 
 def new_identifier() -> str:
     """A random (version 4) UUID from the OS: an extension's identifier is its credential."""
-    import uuid  # noqa: PLC0415 - off the start-up path: extensions are rare
+    import uuid  # off the start-up path: extensions are rare
 
     return str(uuid.uuid4())

@@ -13,7 +13,6 @@ import asyncio
 import base64
 import logging
 import socket
-import urllib.parse
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -291,7 +290,7 @@ class InvokeApi:
         if request.method != "POST":
             error = MethodNotAllowed(f"Method {request.method} is not allowed for Invoke")
             return render_error(error, request_id)
-        function_name = urllib.parse.unquote(path[len(INVOKE_PREFIX) : -len(INVOKE_SUFFIX)])
+        function_name = unquoted(path[len(INVOKE_PREFIX) : -len(INVOKE_SUFFIX)])
         try:
             if not self._accepting:
                 raise ServiceUnavailable("The function is shutting down")
@@ -306,7 +305,7 @@ class InvokeApi:
         if request.method != "POST":
             error = MethodNotAllowed(f"Method {request.method} is not allowed for Invoke")
             return render_error(error, request_id)
-        function_name = urllib.parse.unquote(path[len(STREAM_PREFIX) : -len(STREAM_SUFFIX)])
+        function_name = unquoted(path[len(STREAM_PREFIX) : -len(STREAM_SUFFIX)])
         try:
             if not self._accepting:
                 raise ServiceUnavailable("The function is shutting down")
@@ -403,6 +402,15 @@ class InvokeApi:
         return target, invocation, invocation_type
 
 
+def unquoted(name: str) -> str:
+    """A path segment percent-decoded (most names have nothing to decode)."""
+    if "%" not in name:
+        return name
+    from urllib.parse import unquote  # rare: kept off the start-up path
+
+    return unquote(name)
+
+
 T = TypeVar("T")
 
 
@@ -464,7 +472,9 @@ def internal_error(error: Exception) -> Response:
 def qualifier_of(query: str) -> str | None:
     if not query:
         return None
-    values = urllib.parse.parse_qs(query).get("Qualifier")
+    from urllib.parse import parse_qs  # rare: kept off the start-up path
+
+    values = parse_qs(query).get("Qualifier")
     return values[-1] if values else None
 
 

@@ -12,7 +12,6 @@ re-parented to the daemon. Nothing outside that set is ever scanned.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
 import socket
 import struct
@@ -40,13 +39,20 @@ def proc_available() -> bool:
     return os.path.exists("/proc/self/fd")
 
 
+V4_MAPPED = bytes(10) + b"\xff\xff"  # ::ffff:a.b.c.d
+
+
 def _family_and_bytes(host: str) -> tuple[int, bytes]:
-    ip = ipaddress.ip_address(host.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if isinstance(ip, ipaddress.IPv4Address):
-        return socket.AF_INET, ip.packed.ljust(16, b"\0")
-    return socket.AF_INET6, ip.packed
+    """The family and the 16 address bytes sock_diag wants (an IPv4 address, or an IPv6
+    one that maps it, as IPv4 padded with zeros) of a socket address's host."""
+    host = host.split("%", 1)[0]
+    try:
+        return socket.AF_INET, socket.inet_pton(socket.AF_INET, host).ljust(16, b"\0")
+    except OSError:
+        packed = socket.inet_pton(socket.AF_INET6, host)
+    if packed.startswith(V4_MAPPED):
+        return socket.AF_INET, packed[12:].ljust(16, b"\0")
+    return socket.AF_INET6, packed
 
 
 class SocketFinder:

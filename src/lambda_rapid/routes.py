@@ -9,7 +9,6 @@ saying what is wrong with it; the settings table turns it into a ConfigError.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from lambda_rapid.names import is_function_name
 
@@ -62,7 +61,8 @@ def parse_routes(text: str) -> tuple[GatewayRoute, ...] | None:
     """Comma-separated routes, or `@FILE`: a route file with one route a line (# comments)."""
     if text.startswith("@"):
         try:
-            lines = Path(text[1:]).read_text().splitlines()
+            with open(text[1:], encoding="utf-8") as routes_file:
+                lines = routes_file.read().splitlines()
         except OSError as error:
             raise ValueError(f"cannot read the route file: {error.strerror or error}") from None
         entries = [line.split("#", 1)[0] for line in lines]

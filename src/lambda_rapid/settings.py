@@ -8,16 +8,17 @@ before exiting with status 2.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from lambda_rapid.credentials import parse_runtime_user, read_secret_file
 from lambda_rapid.names import is_function_name
 from lambda_rapid.routes import parse_routes
+
+if TYPE_CHECKING:
+    import argparse
 
 
 class ConfigError(Exception):
@@ -107,6 +108,8 @@ def _text(text: str) -> str:
 
 
 def _amqp_uri(text: str) -> str:
+    import urllib.parse  # only with AMQP on: kept off the start-up path
+
     parsed = urllib.parse.urlsplit(text)
     if parsed.scheme not in ("amqp", "amqps") or not parsed.hostname:
         raise ValueError("must be an amqp:// or amqps:// URI with a host")
@@ -621,6 +624,8 @@ def build_parser(
     prog: str, settings: Sequence[Setting[Any]], description: str
 ) -> argparse.ArgumentParser:
     """An argument parser whose flags and help come from the settings table."""
+    import argparse  # only with flags: a plain start parses none
+
     parser = argparse.ArgumentParser(
         prog=prog,
         description=description,
@@ -667,7 +672,7 @@ class SettingValues:
     def __init__(
         self,
         settings: Sequence[Setting[Any]],
-        flags: argparse.Namespace,
+        flags: object,
         environ: Mapping[str, str],
     ) -> None:
         self._flags = flags

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -458,3 +459,39 @@ def test_the_executable_path_comes_from_the_launcher_and_stays_from_runtimes() -
     assert program_path(env) == "/opt/lambda-rapid"
     for frozen in (False, True):
         assert runtime_base_environ(env, frozen=frozen) == {"PATH": "/bin"}
+
+
+def test_a_plain_start_reads_its_settings_without_loading_the_flag_parser() -> None:
+    # The common start (only a runtime command) must not pay for argparse, shutil or
+    # urllib: they are most of a megabyte of the daemon's idle memory.
+    code = (
+        "import sys\n"
+        "from lambda_rapid.config import daemon_config\n"
+        "config = daemon_config([sys.executable, '-c', 'pass'], {})\n"
+        "assert config.command[1:] == ('-c', 'pass'), config.command\n"
+        "print(sorted({'argparse', 'shutil', 'urllib.parse'} & set(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_flags_still_parse_when_given(tmp_path: Path) -> None:
+    config = daemon_config(["--port", "9123", sys.executable, "-c", "pass"], {})
+    assert config.port == 9123 and config.command == (sys.executable, "-c", "pass")
+
+
+@pytest.mark.parametrize("where", ["path", "PATH"])
+def test_the_runtime_program_is_found_as_a_path_or_on_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    program = tmp_path / "bootstrap"
+    program.write_text("#!/bin/sh\n")
+    monkeypatch.setenv("PATH", f"/nonexistent:{tmp_path}")
+    name = str(program) if where == "path" else "bootstrap"
+    with pytest.raises(ConfigError, match="not found or not executable"):
+        daemon_config([name], {})
+    program.chmod(0o755)
+    assert daemon_config([name], {}).command == (name,)
+    (tmp_path / "directory").mkdir(mode=0o755)
+    with pytest.raises(ConfigError, match="not found or not executable"):
+        daemon_config(["directory" if where == "PATH" else str(tmp_path / "directory")], {})
