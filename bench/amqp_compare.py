@@ -67,6 +67,9 @@ def start(
             start_new_session=True,
         )
     wait_ready(log, proc)
+    if "AMQP_URI" in env:
+        # An older daemon logs "ready" before its queue exists: a request sent then is lost.
+        wait_ready(log, proc, b"consuming queue ")
     return proc
 
 
@@ -117,12 +120,13 @@ def summarize(samples: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kind, runs in samples.items():
         out[kind] = {k: statistics.median(r[k] for r in runs) for k in ("p50_ms", "rate", "cpu_us")}
-    out["ratio"] = {
-        k: statistics.median(
-            o[k] / b[k] for o, b in zip(samples["ours"], samples["base"], strict=True)
-        )
+    ratios = {
+        k: [o[k] / b[k] for o, b in zip(samples["ours"], samples["base"], strict=True)]
         for k in ("p50_ms", "rate", "cpu_us")
     }
+    out["ratio"] = {k: statistics.median(r) for k, r in ratios.items()}
+    out["ratio_min"] = {k: min(r) for k, r in ratios.items()}
+    out["ratio_max"] = {k: max(r) for k, r in ratios.items()}
     return out
 
 

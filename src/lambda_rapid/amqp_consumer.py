@@ -30,16 +30,14 @@ from aio_pika.abc import (
     ExchangeType,
 )
 from aio_pika.message import IncomingMessage
-from aiormq.abc import ChannelFrame, DeliveredMessage
-from pamqp import commands as spec
-from pamqp.body import ContentBody
+from aiormq.abc import DeliveredMessage
 from pamqp.common import FieldTable
-from pamqp.header import ContentHeader
 
 from lambda_rapid.amqp_connection import (
     BROKER_ERRORS,
     CONNECTION_ERRORS,
     READY_WAIT,
+    DeliveryTap,
     close,
     closed_future,
     connect,
@@ -48,6 +46,7 @@ from lambda_rapid.amqp_connection import (
 from lambda_rapid.amqp_wire import (
     ATTEMPT,
     COGNITO_IDENTITY,
+    JSON,
     MAX_ERROR_HEADER,
     MAX_ERROR_MESSAGE,
     TENANT_ID,
@@ -66,6 +65,7 @@ from lambda_rapid.amqp_wire import (
     function_exchange,
     invoked_arn_of,
     optional_safe,
+    reply_frames,
     request_id_of,
     result_headers,
     retry_queue,
@@ -89,7 +89,6 @@ logger = logging.getLogger(__name__)
 MALFORMED = "MalformedMessage"  # x-condition of a message dead-lettered as it came
 
 Submit = Callable[[Invocation], asyncio.Future[InvocationResult]]
-JSON = "application/json"
 
 
 def persistent_message(
@@ -141,6 +140,7 @@ class RpcConsumer:
         self._channel: AbstractChannel | None = None
         self._confirmed: AbstractChannel | None = None
         self._raw: aiormq.Channel | None = None
+        self._tap: DeliveryTap | None = None
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
         # Set while the function's queue is declared, bound and consumed.
@@ -151,19 +151,20 @@ class RpcConsumer:
     async def run(self) -> None:
         """Consume until cancelled; reconnect on loss; raise BrokerUnavailable at the end."""
         while True:
-            connection = await connect(self._amqp)
+            tap = DeliveryTap()
+            connection = await connect(self._amqp, tap)
             try:
-                await self._serve(connection)
+                await self._serve(connection, tap)
                 logger.warning("lost the broker connection; reconnecting")
             except CONNECTION_ERRORS as error:
                 raise_if_cancelled()
                 logger.warning("broker connection failed (%s); reconnecting", error)
             finally:
                 self.consuming.clear()
-                self._channel = self._confirmed = self._raw = None
+                self._channel = self._confirmed = self._raw = self._tap = None
                 await close(connection)
 
-    async def _serve(self, connection: aio_pika.abc.AbstractConnection) -> None:
+    async def _serve(self, connection: aio_pika.abc.AbstractConnection, tap: DeliveryTap) -> None:
         closed = closed_future(connection)
         # Deliveries, RPC replies and acks share one channel without publisher confirms: a
         # reply and its ack leave in one write, in order (the reply goes to a transient
@@ -180,8 +181,11 @@ class RpcConsumer:
         self._queue = queue
         raw = await channel.get_underlay_channel()
         assert isinstance(raw, aiormq.Channel)
-        self._raw = raw
-        consumed = await raw.basic_consume(queue.name, self._deliver)
+        self._raw, self._tap = raw, tap
+        # Deliveries are taken as their bytes arrive and replies written straight to the
+        # socket: no task, queue or writer between the socket and the dispatcher.
+        tap.take(raw, self._deliver)
+        consumed = await raw.basic_consume(queue.name, self._consumed)
         self._consumer_tag = consumed.consumer_tag
         logger.info("consuming queue %s at %s", self._config.function_name, self._amqp.display)
         self.consuming.set()
@@ -231,13 +235,17 @@ class RpcConsumer:
         if self.metrics is not None:
             self.metrics.event_queued()
 
-    async def _deliver(self, delivered: DeliveredMessage) -> None:
+    async def _consumed(self, delivered: DeliveredMessage) -> None:
+        """A delivery that reached the channel's reader instead of the tap."""
+        self._deliver(delivered)
+
+    def _deliver(self, delivered: DeliveredMessage) -> None:
         """A delivery: a fresh RPC request runs on the fast path, anything else as before."""
         properties = delivered.header.properties
         reply_to = properties.reply_to
         headers = properties.headers or {}
-        channel = self._raw
-        if channel and reply_to and not delivered.redelivered and ATTEMPT not in headers:
+        tap = self._tap
+        if tap and reply_to and not delivered.redelivered and ATTEMPT not in headers:
             try:
                 check_properties(properties.correlation_id, reply_to, headers, properties.timestamp)
                 invocation = self._invocation_of(
@@ -246,19 +254,20 @@ class RpcConsumer:
             except InvokeError:
                 pass  # refused on the general path, with its reply
             else:
-                reply = functools.partial(self._send_reply, channel, delivered)
+                reply = functools.partial(self._send_reply, tap, delivered)
                 self._submit(invocation).add_done_callback(reply)
                 return
-        await self.on_message(IncomingMessage(delivered, no_ack=False))
+        self._spawn(self.on_message(IncomingMessage(delivered, no_ack=False)))
 
     def _send_reply(
         self,
-        channel: aiormq.Channel,
+        tap: DeliveryTap,
         delivered: DeliveredMessage,
         done: asyncio.Future[InvocationResult],
     ) -> None:
         """Publish the reply and acknowledge the request in one write, from the result's
-        callback (no task, no wait for the writer)."""
+        callback, on the connection the request came from."""
+        channel = delivered.channel
         if channel.is_closed or done.cancelled():
             return  # not acknowledged: the broker redelivers it
         error = done.exception()
@@ -269,23 +278,19 @@ class RpcConsumer:
             return
         result = done.result()
         result.executed_version = self._config.function_version
-        body = result.body
         request = delivered.header.properties
-        properties = spec.Basic.Properties(
-            content_type=JSON, correlation_id=request.correlation_id, headers=result_headers(result)
-        )
-        frames: list[Any] = [
-            spec.Basic.Publish(exchange="", routing_key=request.reply_to or ""),
-            ContentHeader(body_size=len(body), properties=properties),
-        ]
-        size = channel.max_content_size
-        frames.extend(ContentBody(body[at : at + size]) for at in range(0, len(body), size))
-        frames.append(spec.Basic.Ack(delivery_tag=delivered.delivery_tag or 0))
-        frame = ChannelFrame.marshall(channel.number, frames)
-        try:
-            channel.write_queue.put_nowait(frame)
-        except asyncio.QueueFull:
-            self._spawn(channel.write_queue.put(frame))
+        assert isinstance(channel, aiormq.Channel)
+        tap.write(
+            reply_frames(
+                channel.number,
+                channel.max_content_size,
+                request.reply_to or "",
+                request.correlation_id,
+                result_headers(result),
+                result.body,
+                delivered.delivery_tag or 0,
+            )
+        )  # False once the connection closes: then the broker redelivers it
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run `work` from a callback, holding its task until it ends."""

@@ -4,8 +4,9 @@ Owns the names on the wire (header names, the function exchange), the headers of
 request and of a reply, encoded and decoded here and nowhere else, the tolerant frame
 decoding (a message whose properties cannot be decoded must not take the whole
 connection down with it), the validation of the properties and headers that become
-Runtime API or Invoke API headers (no CR/LF ever reaches the wire), and the size bounds
-of the headers this daemon adds to retries and dead letters.
+Runtime API or Invoke API headers (no CR/LF ever reaches the wire), the size bounds
+of the headers this daemon adds to retries and dead letters, and the frames of a reply
+written together with the ack of its request.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Any
 
 import pamqp.decode
 import pamqp.encode
+import pamqp.frame
+from pamqp import commands as spec
 from pamqp.common import FieldValue
 
 from lambda_rapid.errors import InvalidParameterValue, InvokeError, error_member
@@ -370,3 +373,67 @@ def result_of_reply(headers: Mapping[str, Any], body: bytes) -> InvocationResult
         log_result_of(reply_text(headers, LOG_RESULT)),
         reply_text(headers, EXECUTED_VERSION) or "$LATEST",
     )
+
+
+# -- a reply and the ack of its request, in one write ---------------------------------------
+
+JSON = "application/json"
+FRAME_HEADER = struct.Struct(">BHI")  # type, channel, payload size
+CONTENT_HEADER = struct.Struct(">HHQH")  # class, weight, body size, property flags
+FRAME_END = b"\xce"
+HEADER_FRAME, BODY_FRAME = 2, 3
+REPLY_FLAGS = spec.Basic.Properties.flags["content_type"] | spec.Basic.Properties.flags["headers"]
+CORRELATION_FLAG = spec.Basic.Properties.flags["correlation_id"]
+JSON_TYPE = pamqp.encode.short_string(JSON)
+MAX_CACHED_PUBLISH = 256
+_publish_frames: dict[tuple[int, str], bytes] = {}
+
+
+def _publish_frame(channel: int, routing_key: str) -> bytes:
+    """Basic.Publish to the default exchange; the same for every reply to one caller."""
+    key = (channel, routing_key)
+    frame = _publish_frames.get(key)
+    if frame is None:
+        if len(_publish_frames) >= MAX_CACHED_PUBLISH:
+            _publish_frames.clear()  # reply_to is the publisher's: keep the cache bounded
+        method = spec.Basic.Publish(exchange="", routing_key=routing_key)
+        frame = _publish_frames[key] = pamqp.frame.marshal(method, channel)
+    return frame
+
+
+def _content_header(
+    channel: int, body_size: int, correlation_id: str | None, headers: dict[str, FieldValue]
+) -> bytes:
+    """The content header of a reply: content type, headers and correlation id."""
+    flags = REPLY_FLAGS
+    properties = JSON_TYPE + pamqp.encode.field_table(headers)
+    if correlation_id is not None:
+        flags |= CORRELATION_FLAG
+        properties += pamqp.encode.short_string(correlation_id)
+    start = CONTENT_HEADER.pack(spec.Basic.frame_id, 0, body_size, flags)
+    size = len(start) + len(properties)
+    return FRAME_HEADER.pack(HEADER_FRAME, channel, size) + start + properties + FRAME_END
+
+
+def reply_frames(
+    channel: int,
+    max_content: int,
+    reply_to: str,
+    correlation_id: str | None,
+    headers: dict[str, FieldValue],
+    body: bytes,
+    delivery_tag: int,
+) -> bytes:
+    """A reply to `reply_to` followed by the ack of the request (`delivery_tag`).
+
+    `max_content` is the largest body frame payload the connection's frame size allows.
+    """
+    parts = [
+        _publish_frame(channel, reply_to),
+        _content_header(channel, len(body), correlation_id, headers),
+    ]
+    for at in range(0, len(body), max_content):
+        chunk = body[at : at + max_content]
+        parts += (FRAME_HEADER.pack(BODY_FRAME, channel, len(chunk)), chunk, FRAME_END)
+    parts.append(pamqp.frame.marshal(spec.Basic.Ack(delivery_tag=delivery_tag), channel))
+    return b"".join(parts)

@@ -1,10 +1,11 @@
-"""The daemon's AMQP consumer against a fake broker connection.
+"""The daemon's AMQP consumer against a fake broker connection, and the delivery tap.
 
-The fakes stand in for aio-pika's connection, channels and exchanges and for aiormq's
-channel under them (consumers, acks, the connection's write queue) only: they record what
-the consumer publishes, writes and acknowledges, in one log. A delivery is built as aiormq
-builds it. The function's side is the `submit` callable the consumer is built with (its
-only link to the daemon's core), here a list of answers.
+The fakes stand in for aio-pika's connection, channels and exchanges, for aiormq's channel
+under them (consumers, acks) and for the socket's transport only: they record what the
+consumer publishes, writes and acknowledges, in one log. A delivery reaches the consumer
+as the broker sends it: as frames, through the connection's delivery tap. The function's
+side is the `submit` callable the consumer is built with (its only link to the daemon's
+core), here a list of answers.
 """
 
 from __future__ import annotations
@@ -27,14 +28,24 @@ from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
 
+from lambda_rapid import amqp_connection
+from lambda_rapid.amqp_connection import DeliveryTap, TappedStream
 from lambda_rapid.amqp_consumer import RpcConsumer
-from lambda_rapid.amqp_wire import ATTEMPT, ERROR_CODE, ERROR_STATUS, UNDECODABLE_HEADERS
+from lambda_rapid.amqp_wire import (
+    ATTEMPT,
+    ERROR_CODE,
+    ERROR_STATUS,
+    UNDECODABLE_HEADERS,
+    reply_frames,
+    result_headers,
+)
 from lambda_rapid.config import DaemonConfig, daemon_config
 from lambda_rapid.invocation import Invocation, InvocationResult
 
 COMMAND = ["python3", "-m", "awslambdaric", "fn.handler"]
 FUNCTION = "fn"
 CONTENT_SIZE = 16  # the raw channel's max_content_size: longer bodies span several frames
+BROKER_CONTENT_SIZE = 128 * 1024  # the body frames of a delivery
 
 
 # -- the aio-pika / aiormq edge -----------------------------------------------------------
@@ -77,29 +88,34 @@ class FakeQueue:
         del self.channel.raw.consumers[tag]
 
 
-class FakeWriter(asyncio.Queue[ChannelFrame]):
-    """The connection's write queue: each item is one write to the socket."""
+def frames_in(data: bytes) -> list[Any]:
+    """The frames of a write, as the broker decodes them."""
+    frames: list[Any] = []
+    while data:
+        used, _, frame = pamqp.frame.unmarshal(data)
+        frames.append(frame)
+        data = data[used:]
+    return frames
+
+
+class FakeTransport:
+    """The connection's socket: each write is recorded as the frames it holds."""
 
     def __init__(self, raw: FakeRawChannel) -> None:
-        super().__init__()
         self.raw = raw
         self.writes: list[list[Any]] = []
+        self.closing = False
 
-    def put_nowait(self, item: ChannelFrame) -> None:
-        super().put_nowait(item)  # QueueFull when full, as the real one
-        frames: list[Any] = []
-        payload = item.payload
-        while payload:
-            used, _, frame = pamqp.frame.unmarshal(payload)
-            frames.append(frame)
-            payload = payload[used:]
+    def write(self, data: bytes) -> None:
+        frames = frames_in(data)
         self.writes.append(frames)
         self.raw.record(frames)
 
-    def fill(self) -> None:
-        """Make the next put wait (a writer behind on a slow socket)."""
-        self._maxsize = 1
-        self.put_nowait(ChannelFrame.marshall(0, [Heartbeat()]))
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
 
 
 class FakeRawChannel(aiormq.Channel):
@@ -110,8 +126,7 @@ class FakeRawChannel(aiormq.Channel):
         self.number = 1
         self.max_content_size = CONTENT_SIZE
         self.consumers: dict[str, Any] = {}
-        self.writer = FakeWriter(self)
-        self.write_queue = self.writer
+        self.transport = FakeTransport(self)
         self.tags: dict[int, str] = {}  # delivery tag: message id, to read the log
 
     @property
@@ -249,6 +264,7 @@ class Broker:
     consumer: RpcConsumer
     connection: FakeConnection
     function: Function
+    stream: TappedStream
 
     @property
     def channel(self) -> FakeChannel:
@@ -270,7 +286,7 @@ class Broker:
 
     @property
     def writes(self) -> list[list[Any]]:
-        return self.channel.raw.writer.writes
+        return self.channel.raw.transport.writes
 
     def message(
         self,
@@ -282,7 +298,7 @@ class Broker:
         expiration: float | None = None,
         **properties: Any,
     ) -> DeliveredMessage:
-        """A delivery on the consumed channel, as aiormq hands it to a consumer."""
+        """A delivery on the consumed channel."""
         raw = self.channel.raw
         tag = len(raw.tags) + 1
         raw.tags[tag] = message_id or ""
@@ -301,15 +317,22 @@ class Broker:
         return DeliveredMessage(delivery=deliver, header=header, body=body, channel=raw)
 
     def deliver(self, message: DeliveredMessage) -> None:
-        """Hand `message` to the consumer, as aiormq does, and let it finish."""
+        """Send `message` to the consumer and let it finish."""
         self.loop.run_until_complete(self.start(message))
         self.settle()
 
     def start(self, message: DeliveredMessage) -> asyncio.Task[None]:
-        """Hand `message` to the consumer in a task of its own, as aiormq does."""
-        callback = self.channel.raw.consumers.get("ctag-1")
-        assert callback is not None, "the function's queue is not consumed"
-        return self.loop.create_task(callback(message))
+        """Send `message` as the broker does; the task ends when its handling does (for a
+        request on the fast path: once submitted)."""
+        assert "ctag-1" in self.channel.raw.consumers, "the function's queue is not consumed"
+        return self.loop.create_task(self.receive(frames_of(message)))
+
+    async def receive(self, data: bytes) -> None:
+        """`data` arrives on the socket; return once what it started has ended."""
+        before = set(self.consumer._tasks)
+        self.stream.data_received(data)
+        for task in self.consumer._tasks - before:
+            await task
 
     def settle(self) -> None:
         """Let whatever waits on the function's results (registered before us) run."""
@@ -330,6 +353,19 @@ class Broker:
         return [p.message for p in published if p.routing_key == routing_key]
 
 
+def frames_of(message: DeliveredMessage, channel: int = 1) -> bytes:
+    """A delivery as the broker sends it: method, content header and body frames."""
+    body = message.body
+    parts = [
+        pamqp.frame.marshal(message.delivery, channel),
+        pamqp.frame.marshal(message.header, channel),
+    ]
+    for at in range(0, len(body), BROKER_CONTENT_SIZE):
+        chunk = ContentBody(body[at : at + BROKER_CONTENT_SIZE])
+        parts.append(pamqp.frame.marshal(chunk, channel))
+    return b"".join(parts)
+
+
 async def after(future: asyncio.Future[Any]) -> None:
     """Return once the callbacks `future` already had have run (they are called in order)."""
     marker = asyncio.get_running_loop().create_future()
@@ -347,15 +383,31 @@ def serve(function: Function, **env: str) -> Iterator[Broker]:
     loop = asyncio.new_event_loop()
     consumer = RpcConsumer(config(**env), function.submit)
     connection = FakeConnection()
-    task = loop.create_task(consumer._serve(connection))  # type: ignore[arg-type]
+    tap = DeliveryTap()
+    task = loop.create_task(consumer._serve(connection, tap))  # type: ignore[arg-type]
     loop.run_until_complete(asyncio.wait_for(consumer.consuming.wait(), 5))
-    broker = Broker(loop, consumer, connection, function)
+    plain = [channel for channel in connection.channels if not channel.confirms]
+    stream = tapped_stream(loop, tap, plain[0].raw.transport)
+    broker = Broker(loop, consumer, connection, function, stream)
     try:
         yield broker
     finally:
         connection.lose()
         loop.run_until_complete(task)
         loop.close()
+
+
+def tapped_stream(
+    loop: asyncio.AbstractEventLoop, tap: DeliveryTap, transport: Any
+) -> TappedStream:
+    """The socket protocol of a connection, read through `tap`."""
+
+    async def made() -> TappedStream:
+        stream = TappedStream(asyncio.StreamReader(), tap)
+        stream.connection_made(transport)
+        return stream
+
+    return loop.run_until_complete(made())
 
 
 @pytest.fixture
@@ -462,15 +514,43 @@ def test_requests_are_answered_in_the_order_they_finish() -> None:
         assert [ack.delivery_tag for *_, ack in broker.writes] == [2, 1]
 
 
-def test_a_full_writer_queues_the_reply_behind_it(broker: Broker) -> None:
-    writer = broker.channel.raw.writer
-    writer.fill()
-    broker.deliver(rpc(broker))
-    assert broker.log == [], "nothing may be written while the writer is full"
-    writer.get_nowait()
-    broker.until(lambda b: len(b.log) == 2)
+def test_reply_frames_are_what_pamqp_marshals() -> None:
+    body = b'{"k": "' + b"v" * 40 + b'"}'  # 49 bytes: four body frames
+    result = InvocationResult(body, "E", b"tail")
+    headers = result_headers(result)
+    properties = spec.Basic.Properties(
+        content_type="application/json", correlation_id="c-9", headers=headers
+    )
+    bodies = [ContentBody(body[at : at + CONTENT_SIZE]) for at in range(0, 49, CONTENT_SIZE)]
+    expected = ChannelFrame.marshall(
+        3,
+        [
+            spec.Basic.Publish(exchange="", routing_key="amq.rabbitmq.reply-to.x"),
+            ContentHeader(body_size=len(body), properties=properties),
+            *bodies,
+            spec.Basic.Ack(delivery_tag=7),
+        ],
+    ).payload
+    written = reply_frames(
+        3, CONTENT_SIZE, "amq.rabbitmq.reply-to.x", "c-9", headers, body, delivery_tag=7
+    )
+    assert written == expected
+
+
+def test_reply_without_correlation_id_has_none(broker: Broker) -> None:
+    broker.deliver(broker.message(reply_to="replies"))
+    (write,) = broker.writes
+    assert write[1].properties.correlation_id is None
     assert broker.log == [("publish", "replies"), ("ack", "m-1")]
-    assert len(broker.writes) == 2, "the heartbeat, then the reply with its ack"
+
+
+def test_a_closing_connection_leaves_the_request_to_the_broker() -> None:
+    for broker in serve(Function(None)):
+        broker.deliver(rpc(broker))
+        broker.channel.raw.transport.closing = True
+        broker.function.finish(InvocationResult(b"{}"))
+        broker.settle()
+        assert broker.writes == [] and broker.log == []
 
 
 def test_function_error_and_log_tail_become_reply_headers() -> None:
@@ -673,3 +753,127 @@ def test_undecodable_headers_are_dead_lettered_as_they_came(broker: Broker) -> N
     assert dead.headers is not None and dead.headers["x-condition"] == "MalformedMessage"
     assert broker.function.invocations == []
     assert broker.log[-1] == ("ack", "m-1")
+
+
+# -- the delivery tap ---------------------------------------------------------------------
+
+
+class TapRun:
+    """A tap on channel 1 of a connection: what it delivers, and what reaches aiormq."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, deliver: Callable[..., None]) -> None:
+        self.loop = loop
+        self.tap = DeliveryTap()
+        self.delivered: list[DeliveredMessage] = []
+        self.reader = asyncio.StreamReader(loop=loop)
+        self.stream = TappedStream(self.reader, self.tap)
+        channel = FakeChannel(FakeConnection(), confirms=False).raw
+        self.tap.take(channel, deliver)
+
+    def receive(self, *reads: bytes) -> None:
+        for data in reads:
+            self.stream.data_received(data)
+
+    def passed_on(self) -> bytes:
+        """Everything aiormq's reader got."""
+        self.reader.feed_eof()
+        return self.loop.run_until_complete(self.reader.read())
+
+
+@pytest.fixture
+def tapped() -> Iterator[TapRun]:
+    loop = asyncio.new_event_loop()
+    delivered: list[DeliveredMessage] = []
+    run = TapRun(loop, delivered.append)
+    run.delivered = delivered
+    yield run
+    loop.close()
+
+
+def delivery(tag: int, body: bytes, channel: int = 1) -> bytes:
+    header = ContentHeader(
+        body_size=len(body), properties=spec.Basic.Properties(correlation_id=f"c-{tag}")
+    )
+    deliver = spec.Basic.Deliver("ctag-1", tag, False, "", FUNCTION)
+    message = DeliveredMessage(delivery=deliver, header=header, body=body, channel=None)  # type: ignore[arg-type]
+    return frames_of(message, channel)
+
+
+def test_tap_keeps_the_channels_deliveries_and_passes_on_everything_else(
+    tapped: TapRun,
+) -> None:
+    others = [
+        pamqp.frame.marshal(spec.Basic.QosOk(), 1),
+        pamqp.frame.marshal(spec.Basic.Ack(delivery_tag=3), 2),
+        pamqp.frame.marshal(Heartbeat(), 0),
+    ]
+    tapped.receive(
+        others[0] + delivery(1, b'"one"') + others[1] + delivery(2, b'"two"', channel=2),
+        others[2],
+    )
+    assert [(d.delivery_tag, d.body) for d in tapped.delivered] == [(1, b'"one"')]
+    assert tapped.delivered[0].header.properties.correlation_id == "c-1"
+    assert tapped.passed_on() == others[0] + others[1] + delivery(2, b'"two"', 2) + others[2]
+
+
+def test_tap_assembles_a_delivery_from_any_reads_around_other_channels(tapped: TapRun) -> None:
+    body = bytes(range(256)) * 1200  # three body frames
+    deliver = spec.Basic.Deliver("ctag-1", 1, False, "", FUNCTION)
+    header = ContentHeader(body_size=len(body), properties=spec.Basic.Properties())
+    other = pamqp.frame.marshal(spec.Basic.Ack(delivery_tag=9), 2)
+    stream = pamqp.frame.marshal(deliver, 1) + other + pamqp.frame.marshal(header, 1) + other
+    for at in range(0, len(body), BROKER_CONTENT_SIZE):
+        chunk = ContentBody(body[at : at + BROKER_CONTENT_SIZE])
+        stream += pamqp.frame.marshal(chunk, 1) + other
+    tapped.receive(*(stream[at : at + 1000] for at in range(0, len(stream), 1000)))
+    (message,) = tapped.delivered
+    assert message.body == body
+    assert tapped.passed_on() == other * 5
+
+
+def test_tap_takes_a_delivery_read_byte_by_byte(tapped: TapRun) -> None:
+    frames = delivery(1, b"") + delivery(2, b'{"k": 1}')
+    tapped.receive(*(frames[at : at + 1] for at in range(len(frames))))
+    assert [(d.delivery_tag, d.body) for d in tapped.delivered] == [(1, b""), (2, b'{"k": 1}')]
+    assert all(isinstance(frame, Heartbeat) for frame in frames_in(tapped.passed_on()))
+
+
+def test_tap_passes_a_heartbeat_on_while_it_keeps_every_frame(
+    tapped: TapRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(amqp_connection, "HEARTBEAT_EVERY", -1.0)
+    ack = pamqp.frame.marshal(spec.Basic.Ack(delivery_tag=3), 2)
+    tapped.receive(delivery(1, b"{}"), ack + delivery(2, b"{}"), delivery(3, b"{}"))
+    heartbeat = pamqp.frame.marshal(Heartbeat(), 0)
+    assert tapped.passed_on() == heartbeat + ack + heartbeat + heartbeat
+
+
+def test_tap_fails_the_stream_on_an_undecodable_delivery(tapped: TapRun) -> None:
+    frames = bytearray(delivery(1, b"{}"))
+    frames[
+        len(pamqp.frame.marshal(spec.Basic.Deliver("ctag-1", 1, False, "", FUNCTION), 1)) - 1
+    ] = 0
+    tapped.receive(bytes(frames), delivery(2, b"{}"))
+    assert tapped.delivered == []
+    with pytest.raises(aiormq.exceptions.InvalidFrameError):
+        tapped.passed_on()
+
+
+def test_tap_goes_on_after_a_failing_callback(caplog: pytest.LogCaptureFixture) -> None:
+    loop = asyncio.new_event_loop()
+    taken: list[int] = []
+
+    def deliver(message: DeliveredMessage) -> None:
+        taken.append(message.delivery_tag or 0)
+        raise RuntimeError("bug")
+
+    run = TapRun(loop, deliver)
+    run.receive(delivery(1, b"{}") + delivery(2, b"{}"))
+    assert taken == [1, 2]
+    assert "delivery callback failed" in caplog.text
+    loop.close()
+
+
+def test_tap_passes_a_protocol_refusal_on(tapped: TapRun) -> None:
+    tapped.receive(b"AMQP\x00\x00\x09\x01")
+    assert tapped.passed_on() == b"AMQP\x00\x00\x09\x01"
