@@ -1,7 +1,7 @@
-"""The daemon in AMQP mode against a real RabbitMQ: AMQP-RPC from pika and aio-pika,
-Event messages with retries and a dead-letter queue, HTTP next to AMQP, prefetch bounded by
-MAX_CONCURRENCY, redelivery after a crash, reconnection, credentials kept secret, and the
-broker being unreachable or misconfigured."""
+"""The daemon in AMQP mode against a real RabbitMQ: AMQP-RPC from pika and aio-pika
+(requests of megabytes too), Event messages with retries and a dead-letter queue, HTTP
+next to AMQP, prefetch bounded by MAX_CONCURRENCY, redelivery after a crash, reconnection,
+credentials kept secret, and the broker being unreachable or misconfigured."""
 
 from __future__ import annotations
 
@@ -165,6 +165,25 @@ def test_aio_pika_rpc_concurrent_calls_are_correlated(names: Names, amqp_daemon:
     _, headers, body = replies[3]
     assert header(headers, "X-Amz-Function-Error") == "Unhandled"
     assert json.loads(body)["errorMessage"] == "aio"
+
+
+def test_large_requests_span_many_frames_beside_http_events(names: Names, amqp_daemon: Any) -> None:
+    """Requests of megabytes arrive in many frames and socket reads while the broker's
+    confirms of HTTP Events arrive on the same connection."""
+    name = names.function()
+    daemon = amqp_daemon(name, {"MAX_CONCURRENCY": "2"})
+    events: list[Any] = [{"n": n, "pad": chr(97 + n) * (2 * 1024 * 1024)} for n in range(3)]
+    texts = [marker() for _ in range(3)]
+    with ThreadPoolExecutor(1) as pool:
+        calls = pool.submit(asyncio.run, aio_pika_calls(names.url, name, events))
+        for text in texts:
+            response = daemon.invoke({"print": text}, headers={"X-Amz-Invocation-Type": "Event"})
+            assert response.status == 202, response.body
+        replies = calls.result(timeout=90)
+    for event, (_, headers, body) in zip(events, replies, strict=True):
+        assert json.loads(body) == event
+        assert header(headers, "X-Amz-Function-Error") is None
+    assert wait_for(lambda: all(text in daemon.stdout() for text in texts), 30), daemon.stdout()
 
 
 def test_http_keeps_working_in_amqp_mode(names: Names, amqp_daemon: Any) -> None:
