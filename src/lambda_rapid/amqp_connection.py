@@ -163,6 +163,14 @@ class DeliveryTap:
         return True
 
 
+def wanted(start: bytearray) -> int:
+    """The bytes a frame starting with `start` takes: all of them once its size is known."""
+    if len(start) < FRAME_HEADER.size:
+        return FRAME_HEADER.size
+    size: int = FRAME_HEADER.unpack_from(start)[2]
+    return size + FRAME_HEADER.size + 1
+
+
 class _Pending:
     """A delivery whose header or body frames are still to come."""
 
@@ -183,7 +191,8 @@ class TappedStream(asyncio.StreamReaderProtocol):
         super().__init__(reader)
         self._stream = reader
         self._tap = tap
-        self._buffer = b""
+        self._partial = bytearray()  # the start of a frame still arriving
+        self._wanted = 0  # how many bytes make it whole (or make its size known)
         self._pending: _Pending | None = None
         self._passed_at = time.monotonic()
         self._broken = False
@@ -196,8 +205,13 @@ class TappedStream(asyncio.StreamReaderProtocol):
     def data_received(self, data: bytes) -> None:
         if self._broken:
             return
-        if self._buffer:
-            data = self._buffer + data
+        if self._partial:
+            # The rest of a frame: gathered until whole, so each byte is copied once.
+            self._partial += data
+            if len(self._partial) < self._wanted:
+                return
+            data = bytes(self._partial)
+            self._partial.clear()
         elif data[:4] == b"AMQP":  # the broker refused our protocol version
             self._broken = True
             super().data_received(data)
@@ -208,7 +222,9 @@ class TappedStream(asyncio.StreamReaderProtocol):
             self._broken = True
             self._stream.set_exception(InvalidFrameError(f"undecodable delivery: {error!r}"))
             return
-        self._buffer = data[used:]
+        if used < len(data):
+            self._partial += memoryview(data)[used:]
+            self._wanted = wanted(self._partial)
         if kept:
             now = time.monotonic()
             if now - self._passed_at > HEARTBEAT_EVERY:
@@ -219,9 +235,9 @@ class TappedStream(asyncio.StreamReaderProtocol):
         """Pass on the whole frames of `data` but the tapped ones; (any kept, bytes used)."""
         size, at, passed, kept = len(data), 0, 0, False
         channel = self._tap.number
-        while size - at >= 7:
+        while size - at >= FRAME_HEADER.size:
             kind, number, length = FRAME_HEADER.unpack_from(data, at)
-            end = at + length + 8
+            end = at + length + FRAME_HEADER.size + 1
             if end > size:
                 break
             if number == channel and channel and self._is_delivery(data, at, kind):
