@@ -7,6 +7,9 @@ queue with the same raw runtime; ``bench.amqp_load`` drives one then the other i
 at C=1 (MAX_CONCURRENCY=1) and C=8 (MAX_CONCURRENCY=4). Reported: RPC p50 and rate for each,
 daemon CPU per invocation, and the medians of the per-round ratios (ours / theirs).
 
+``--floor`` puts in place of our daemon our consumer alone, answering every request at once
+(no runtime, no dispatcher): what the client and the broker allow whatever the daemon does.
+
 ``--first`` measures instead the first invocation's latency after the daemon logged ready,
 with PROVISIONED_CONCURRENCY unset and set to 1 (Invoke API, awslambdaric runtime).
 """
@@ -14,7 +17,9 @@ with PROVISIONED_CONCURRENCY unset and set to 1 (Invoke API, awslambdaric runtim
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import logging
 import os
 import signal
 import statistics
@@ -30,6 +35,7 @@ from bench.__main__ import (
     BROKER,
     ECHO_DIR,
     RAW,
+    REPO,
     RIC,
     cpu_seconds,
     free_port,
@@ -38,6 +44,7 @@ from bench.__main__ import (
 from bench.amqp_load import rpc_load
 
 OURS = str(Path(sys.executable).parent / "lambda-runtime-api-daemon")
+FLOOR = [sys.executable, "-m", "bench.amqp_compare", "--serve-floor"]
 
 
 def daemon_command(checkout: Path | None) -> str:
@@ -47,7 +54,11 @@ def daemon_command(checkout: Path | None) -> str:
 
 
 def start(
-    command: str, runtime: list[str], concurrency: int, env: dict[str, str], log: Path
+    command: str | list[str],
+    runtime: list[str],
+    concurrency: int,
+    env: dict[str, str],
+    log: Path,
 ) -> subprocess.Popen[bytes]:
     full = dict(
         os.environ,
@@ -55,18 +66,21 @@ def start(
         INVOKE_API_HOST="127.0.0.1",
         RUNTIME_API_PORT="0",
         MAX_CONCURRENCY=str(concurrency),
+        PYTHONPATH=str(REPO),
         **env,
     )
+    argv = command if isinstance(command, list) else [command, *runtime]
     with open(log, "wb") as stderr:
         proc = subprocess.Popen(
-            [command, *runtime],
+            argv,
             cwd=ECHO_DIR,
             env=full,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
             start_new_session=True,
         )
-    wait_ready(log, proc)
+    if isinstance(command, str):  # a daemon (the floor has no "ready" line)
+        wait_ready(log, proc)
     if "AMQP_URI" in env:
         # An older daemon logs "ready" before its queue exists: a request sent then is lost.
         wait_ready(log, proc, b"consuming queue ")
@@ -90,8 +104,8 @@ def measure(proc: subprocess.Popen[bytes], queue: str, c: int, seconds: float) -
     return result
 
 
-def compare(against: Path, rounds: int, seconds: float) -> dict[str, Any]:
-    report: dict[str, Any] = {}
+def compare(against: Path, rounds: int, seconds: float, floor: bool = False) -> dict[str, Any]:
+    report: dict[str, Any] = {"load_average_before": os.getloadavg()}
     tmp = Path(tempfile.mkdtemp())
     for c, instances in ((1, 1), (8, 4)):
         procs = {}
@@ -99,7 +113,8 @@ def compare(against: Path, rounds: int, seconds: float) -> dict[str, Any]:
             for kind, checkout in (("ours", None), ("base", against)):
                 queue = f"cmp-{kind}-{os.getpid()}-{c}"
                 env = {"AMQP_URI": BROKER, "AWS_LAMBDA_FUNCTION_NAME": queue}
-                proc = start(daemon_command(checkout), RAW, instances, env, tmp / f"{queue}.log")
+                command = FLOOR if floor and checkout is None else daemon_command(checkout)
+                proc = start(command, RAW, instances, env, tmp / f"{queue}.log")
                 procs[kind] = (proc, queue)
                 rpc_load(BROKER, queue, c, 0.5)  # warm
             samples: dict[str, list[dict[str, float]]] = {"ours": [], "base": []}
@@ -113,7 +128,35 @@ def compare(against: Path, rounds: int, seconds: float) -> dict[str, Any]:
         finally:
             for proc, _ in procs.values():
                 stop(proc)
+    report["load_average_after"] = os.getloadavg()
     return report
+
+
+def serve_floor() -> None:
+    """Our consumer alone on the queue the environment names, answering with the payload."""
+    from lambda_rapid.amqp_consumer import RpcConsumer
+    from lambda_rapid.config import daemon_config
+    from lambda_rapid.invocation import Invocation, InvocationResult
+
+    logging.basicConfig(level=logging.INFO)
+    config = daemon_config(["true"], dict(os.environ))
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+
+        def submit(invocation: Invocation) -> asyncio.Future[InvocationResult]:
+            answer: asyncio.Future[InvocationResult] = loop.create_future()
+            answer.set_result(InvocationResult(invocation.payload))
+            return answer
+
+        await RpcConsumer(config, submit).run()
+
+    try:
+        import uvloop
+
+        uvloop.run(serve())
+    except KeyboardInterrupt:
+        pass
 
 
 def summarize(samples: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
@@ -184,13 +227,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--first", action="store_true")
+    parser.add_argument("--floor", action="store_true")
+    parser.add_argument("--serve-floor", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_floor:
+        serve_floor()
+        return
     if args.first:
         result = first(args.rounds)
     else:
         if args.against is None:
             parser.error("--against DIR is required")
-        result = compare(args.against, args.rounds, args.seconds)
+        result = compare(args.against, args.rounds, args.seconds, args.floor)
     json.dump(result, sys.stdout, indent=2)
     print()
 

@@ -514,6 +514,14 @@ def test_requests_are_answered_in_the_order_they_finish() -> None:
         assert [ack.delivery_tag for *_, ack in broker.writes] == [2, 1]
 
 
+def test_a_delivery_through_the_channels_reader_is_answered_the_same(broker: Broker) -> None:
+    consume = broker.channel.raw.consumers["ctag-1"]
+    broker.loop.run_until_complete(consume(rpc(broker)))
+    broker.settle()
+    assert broker.published_to("replies")[0].body == b'{"k": 1}'
+    assert broker.log == [("publish", "replies"), ("ack", "m-1")]
+
+
 def test_reply_frames_are_what_pamqp_marshals() -> None:
     body = b'{"k": "' + b"v" * 40 + b'"}'  # 49 bytes: four body frames
     result = InvocationResult(body, "E", b"tail")
