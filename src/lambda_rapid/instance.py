@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 
 
 class State(enum.Enum):
+    # Members are singletons: hashing by identity is right, and C-fast (Enum's own hash is
+    # a Python call, made several times per invocation by the transition checks).
+    __hash__ = object.__hash__
+
     STARTING = "Starting"  # spawned, has not asked for work yet (init phase)
     IDLE = "Ready"  # waiting in /next
     BUSY = "Invoking"  # holds an invocation
