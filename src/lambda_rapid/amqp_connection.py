@@ -31,7 +31,13 @@ from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
 from yarl import URL
 
-from lambda_rapid.amqp_wire import install_tolerant_decoding
+from lambda_rapid.amqp_wire import (
+    BODY_FRAME,
+    FRAME_END,
+    FRAME_HEADER,
+    METHOD_FRAME,
+    install_tolerant_decoding,
+)
 from lambda_rapid.config import AmqpConfig
 from lambda_rapid.errors import BrokerUnavailable
 
@@ -129,9 +135,8 @@ def closed_future(connection: aio_pika.abc.AbstractConnection) -> asyncio.Future
 
 
 DeliveryCallback = Callable[[DeliveredMessage], None]
-FRAME_HEADER = struct.Struct(">BHI")  # type, channel, payload size
 METHOD_INDEX = struct.Struct(">I")  # class and method of a method frame, as pamqp indexes them
-FRAME_END = 0xCE
+FRAME_OVERHEAD = FRAME_HEADER.size + len(FRAME_END)
 # The connection takes a connection with no incoming frame for a while as stuck, and
 # frames the tap keeps to itself are not seen there: a heartbeat is passed on instead.
 HEARTBEAT = pamqp.frame.marshal(Heartbeat(), 0)
@@ -168,7 +173,7 @@ def wanted(start: bytearray) -> int:
     if len(start) < FRAME_HEADER.size:
         return FRAME_HEADER.size
     size: int = FRAME_HEADER.unpack_from(start)[2]
-    return size + FRAME_HEADER.size + 1
+    return size + FRAME_OVERHEAD
 
 
 class _Pending:
@@ -237,7 +242,7 @@ class TappedStream(asyncio.StreamReaderProtocol):
         channel = self._tap.number
         while size - at >= FRAME_HEADER.size:
             kind, number, length = FRAME_HEADER.unpack_from(data, at)
-            end = at + length + FRAME_HEADER.size + 1
+            end = at + length + FRAME_OVERHEAD
             if end > size:
                 break
             if number == channel and channel and self._is_delivery(data, at, kind):
@@ -253,14 +258,15 @@ class TappedStream(asyncio.StreamReaderProtocol):
     def _is_delivery(self, data: bytes, at: int, kind: int) -> bool:
         if self._pending is not None:
             return True  # its header and body frames follow on this channel
-        return kind == 1 and METHOD_INDEX.unpack_from(data, at + 7)[0] == spec.Basic.Deliver.index
+        index = METHOD_INDEX.unpack_from(data, at + FRAME_HEADER.size)[0]
+        return kind == METHOD_FRAME and index == spec.Basic.Deliver.index
 
     def _pass(self, frames: bytes) -> None:
         self._passed_at = time.monotonic()
         super().data_received(frames)
 
     def _keep(self, kind: int, data: bytes, at: int, end: int) -> None:
-        if data[end - 1] != FRAME_END:
+        if data[end - 1] != FRAME_END[0]:
             raise ValueError("frame end missing")
         pending = self._pending
         if pending is None:
@@ -272,9 +278,9 @@ class TappedStream(asyncio.StreamReaderProtocol):
             if not isinstance(frame, ContentHeader):
                 raise ValueError(f"{frame!r} instead of a content header")
             pending.header = frame
-        elif kind == 3:
-            pending.body.append(data[at + 7 : end - 1])
-            pending.size += end - at - 8
+        elif kind == BODY_FRAME:
+            pending.body.append(data[at + FRAME_HEADER.size : end - 1])
+            pending.size += end - at - FRAME_OVERHEAD
         else:
             raise ValueError("a frame other than a body inside a delivery")
         header = pending.header
