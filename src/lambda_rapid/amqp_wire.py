@@ -385,8 +385,11 @@ METHOD_FRAME, HEADER_FRAME, BODY_FRAME = 1, 2, 3
 REPLY_FLAGS = spec.Basic.Properties.flags["content_type"] | spec.Basic.Properties.flags["headers"]
 CORRELATION_FLAG = spec.Basic.Properties.flags["correlation_id"]
 JSON_TYPE = pamqp.encode.short_string(JSON)
+ACK = struct.Struct(">BHIIQ?c")  # a Basic.Ack method frame, multiple=False
+ACK_SIZE = ACK.size - FRAME_HEADER.size - 1
 MAX_CACHED_PUBLISH = 256
 _publish_frames: dict[tuple[int, str], bytes] = {}
+_tables: dict[tuple[str, str], bytes] = {}
 
 
 def _publish_frame(channel: int, routing_key: str) -> bytes:
@@ -401,12 +404,27 @@ def _publish_frame(channel: int, routing_key: str) -> bytes:
     return frame
 
 
+def _table(headers: dict[str, FieldValue]) -> bytes:
+    """The encoded headers; those of a plain result (the executed version only) once."""
+    if len(headers) != 1:
+        return pamqp.encode.field_table(headers)
+    ((name, value),) = headers.items()
+    if not isinstance(value, str):
+        return pamqp.encode.field_table(headers)
+    table = _tables.get((name, value))
+    if table is None:
+        if len(_tables) >= MAX_CACHED_PUBLISH:
+            _tables.clear()
+        table = _tables[name, value] = pamqp.encode.field_table(headers)
+    return table
+
+
 def _content_header(
     channel: int, body_size: int, correlation_id: str | None, headers: dict[str, FieldValue]
 ) -> bytes:
     """The content header of a reply: content type, headers and correlation id."""
     flags = REPLY_FLAGS
-    properties = JSON_TYPE + pamqp.encode.field_table(headers)
+    properties = JSON_TYPE + _table(headers)
     if correlation_id is not None:
         flags |= CORRELATION_FLAG
         properties += pamqp.encode.short_string(correlation_id)
@@ -435,5 +453,6 @@ def reply_frames(
     for at in range(0, len(body), max_content):
         chunk = body[at : at + max_content]
         parts += (FRAME_HEADER.pack(BODY_FRAME, channel, len(chunk)), chunk, FRAME_END)
-    parts.append(pamqp.frame.marshal(spec.Basic.Ack(delivery_tag=delivery_tag), channel))
+    ack = spec.Basic.Ack.index
+    parts.append(ACK.pack(METHOD_FRAME, channel, ACK_SIZE, ack, delivery_tag, False, FRAME_END))
     return b"".join(parts)
