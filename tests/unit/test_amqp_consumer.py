@@ -398,13 +398,18 @@ def serve(function: Function, **env: str) -> Iterator[Broker]:
 
 
 def tapped_stream(
-    loop: asyncio.AbstractEventLoop, tap: DeliveryTap, transport: Any
+    loop: asyncio.AbstractEventLoop,
+    tap: DeliveryTap,
+    transport: Any,
+    reader: asyncio.StreamReader | None = None,
 ) -> TappedStream:
-    """The socket protocol of a connection, read through `tap`."""
+    """The socket protocol of a connection, read through `tap`, made in `loop` (as the
+    connection makes it)."""
 
     async def made() -> TappedStream:
-        stream = TappedStream(asyncio.StreamReader(), tap)
-        stream.connection_made(transport)
+        stream = TappedStream(reader or asyncio.StreamReader(), tap)
+        if transport is not None:
+            stream.connection_made(transport)
         return stream
 
     return loop.run_until_complete(made())
@@ -780,7 +785,7 @@ class TapRun:
         self.tap = DeliveryTap()
         self.delivered: list[DeliveredMessage] = []
         self.reader = asyncio.StreamReader(loop=loop)
-        self.stream = TappedStream(self.reader, self.tap)
+        self.stream = tapped_stream(loop, self.tap, None, self.reader)
         channel = FakeChannel(FakeConnection(), confirms=False).raw
         self.tap.take(channel, deliver)
 
