@@ -1,7 +1,9 @@
 """Closed-loop load generator, run in its own process.
 
-`python -m bench.load URL CONCURRENCY SECONDS` keeps CONCURRENCY keep-alive connections
-busy with ~1 KB JSON invocations and prints JSON: count, errors, inv/s, p50/p99 in ms.
+`python -m bench.load URL CONCURRENCY SECONDS [MINIMUM]` keeps CONCURRENCY keep-alive
+connections busy with ~1 KB JSON invocations and prints JSON: count, errors, inv/s, p50/p99
+in ms. With MINIMUM, it goes on past SECONDS (up to ten times as long) until that many
+invocations are done: a short load on a busy machine still measures something.
 """
 
 from __future__ import annotations
@@ -11,12 +13,18 @@ import json
 import sys
 import time
 import urllib.parse
+from collections.abc import Callable
 
 PAYLOAD = json.dumps({"data": "x" * 1000}).encode()
 
 
 async def worker(
-    host: str, port: int, path: str, stop_at: float, latencies: list[float], errors: list[int]
+    host: str,
+    port: int,
+    path: str,
+    until: Callable[[], bool],
+    latencies: list[float],
+    errors: list[int],
 ) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     request = (
@@ -24,7 +32,7 @@ async def worker(
         f"Content-Length: {len(PAYLOAD)}\r\n\r\n"
     ).encode() + PAYLOAD
     try:
-        while time.perf_counter() < stop_at:
+        while not until():
             start = time.perf_counter()
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
@@ -40,19 +48,24 @@ async def worker(
         writer.close()
 
 
-async def run(url: str, concurrency: int, seconds: float) -> dict[str, float]:
+async def run(url: str, concurrency: int, seconds: float, minimum: int = 0) -> dict[str, float]:
     parts = urllib.parse.urlsplit(url)
     latencies: list[float] = []
     errors: list[int] = []
     started = time.perf_counter()
-    stop_at = started + seconds
+    stop_at, give_up_at = started + seconds, started + 10 * seconds
+
+    def until() -> bool:
+        now = time.perf_counter()
+        return now >= stop_at and (len(latencies) >= minimum or now >= give_up_at)
+
     await asyncio.gather(
         *(
             worker(
                 parts.hostname or "127.0.0.1",
                 parts.port or 80,
                 parts.path,
-                stop_at,
+                until,
                 latencies,
                 errors,
             )
@@ -73,4 +86,5 @@ async def run(url: str, concurrency: int, seconds: float) -> dict[str, float]:
 
 if __name__ == "__main__":
     target, conc, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-    print(json.dumps(asyncio.run(run(target, conc, secs))))
+    least = int(sys.argv[4]) if len(sys.argv) > 4 else 0
+    print(json.dumps(asyncio.run(run(target, conc, secs, least))))
