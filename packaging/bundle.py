@@ -19,6 +19,8 @@ import stat
 import struct
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 LOADER_NAME = "ld-lambda-rapid.so.2"
@@ -102,10 +104,13 @@ def entry(bundle: Path, path: Path) -> bytes:
 
 def pack(bundle: Path, launcher: Path, out: Path) -> None:
     head = launcher.read_bytes()
-    with open(out, "wb") as file:
-        file.write(head)
-        for path in entries(bundle):
-            file.write(entry(bundle, path))
+    # One zstd process per file, as many at once as there are CPUs; written in order.
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        packed = pool.map(partial(entry, bundle), entries(bundle))
+        with open(out, "wb") as file:
+            file.write(head)
+            for data in packed:
+                file.write(data)
         file.write(b"e" + bytes(14))
         file.write(PAYLOAD_MAGIC + struct.pack(">Q", len(head)))
         file.write((bundle / ARCHIVE).read_bytes())
