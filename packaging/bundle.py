@@ -105,12 +105,10 @@ def entry(bundle: Path, path: Path) -> bytes:
 def pack(bundle: Path, launcher: Path, out: Path) -> None:
     head = launcher.read_bytes()
     # One zstd process per file, as many at once as there are CPUs; written in order.
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        packed = pool.map(partial(entry, bundle), entries(bundle))
-        with open(out, "wb") as file:
-            file.write(head)
-            for data in packed:
-                file.write(data)
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool, open(out, "wb") as file:
+        file.write(head)
+        for data in pool.map(partial(entry, bundle), entries(bundle)):
+            file.write(data)
         file.write(b"e" + bytes(14))
         file.write(PAYLOAD_MAGIC + struct.pack(">Q", len(head)))
         file.write((bundle / ARCHIVE).read_bytes())
