@@ -66,7 +66,9 @@ def test_quick_benchmark_produces_results(tmp_path: Path) -> None:
         assert memory["idle_mb"] > 5 and memory["loaded_mb"] > 5, memory
         startup = {k: v["median"] for k, v in report["startup"][kind].items()}
         assert 0 < startup["listen_ms"] < startup["first_ms"], startup
-        assert 0 < startup["runtime_ms"] < startup["first_ms"], startup
+        # The runtime's start is measured alone, in a run of its own: on a busy machine
+        # that one sample may take longer than the daemon's whole first answer.
+        assert startup["runtime_ms"] > 0, startup
         share = startup["first_ms"] - startup["runtime_ms"]
         assert abs(startup["share_ms"] - share) < 1e-6, startup
     assert list(report["floors"]) == LOAD_CASES[:1]  # quick mode: one case
