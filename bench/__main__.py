@@ -368,7 +368,7 @@ def measure_amqp(concurrency: int, instances: int, seconds: float) -> dict[str, 
     log = Path(tempfile.mkdtemp()) / "daemon.log"
     with running("ours", RAW, instances, env, log) as daemon:
         wait_ready(log, daemon.proc)
-        rpc = rpc_load(BROKER, name, concurrency, seconds)
+        rpc = rpc_load(BROKER, name, concurrency, seconds, MINIMUM_COUNT[0])
         results.update({f"rpc_{k}": v for k, v in rpc.items()})
         port = free_port()
         server_log = log.with_name("server.log")

@@ -11,7 +11,9 @@ import aio_pika
 from bench.load import PAYLOAD
 
 
-async def _run(url: str, queue: str, concurrency: int, seconds: float) -> dict[str, float]:
+async def _run(
+    url: str, queue: str, concurrency: int, seconds: float, minimum: int
+) -> dict[str, float]:
     connection = await aio_pika.connect(url)
     channel = await connection.channel()
     futures: dict[str, asyncio.Future[None]] = {}
@@ -25,10 +27,16 @@ async def _run(url: str, queue: str, concurrency: int, seconds: float) -> dict[s
     await replies.consume(on_reply, no_ack=True)
     latencies: list[float] = []
     stop_at = time.perf_counter() + seconds
+    give_up_at = stop_at + 9 * seconds
+
+    def until() -> bool:
+        now = time.perf_counter()
+        return now >= stop_at and (len(latencies) >= minimum or now >= give_up_at)
+
     loop = asyncio.get_running_loop()
 
     async def worker() -> None:
-        while time.perf_counter() < stop_at:
+        while not until():
             correlation_id = uuid.uuid4().hex
             future = futures[correlation_id] = loop.create_future()
             started = time.perf_counter()
@@ -55,5 +63,8 @@ async def _run(url: str, queue: str, concurrency: int, seconds: float) -> dict[s
     }
 
 
-def rpc_load(url: str, queue: str, concurrency: int, seconds: float) -> dict[str, float]:
-    return asyncio.run(_run(url, queue, concurrency, seconds))
+def rpc_load(
+    url: str, queue: str, concurrency: int, seconds: float, minimum: int = 0
+) -> dict[str, float]:
+    """RPC load for `seconds`, and on (up to ten times as long) until `minimum` replies."""
+    return asyncio.run(_run(url, queue, concurrency, seconds, minimum))
