@@ -292,6 +292,13 @@ class RpcConsumer:
             )
         )  # False once the connection closes: then the broker redelivers it
 
+    async def settle(self, seconds: float) -> None:
+        """Wait, up to `seconds`, for the messages still being answered, retried or
+        dead-lettered: each is acknowledged only at its end, so one cut off by the
+        connection closing would be delivered again and run twice."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=seconds)
+
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run `work` from a callback, holding its task until it ends."""
         self._tasks.add(task := asyncio.get_running_loop().create_task(work))

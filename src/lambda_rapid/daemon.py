@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 # How long runtimes get between SIGTERM and SIGKILL at shutdown (Lambda gives 300-2000 ms).
 RUNTIME_STOP_GRACE = 2.0
+# Seconds the last AMQP messages get, once their invocations ended, to be published and
+# acknowledged before the broker connection closes.
+SETTLE_WAIT = 5.0
 
 
 class Daemon:
@@ -184,8 +187,8 @@ class Daemon:
         await self.backend.close(self.config.shutdown_grace)
         await self.dispatcher.drain(max(0.0, deadline - time.monotonic()))
         if self._consuming is not None:
-            # Give the last replies a moment to be published and acknowledged.
-            await asyncio.sleep(0.05)
+            assert self.consumer is not None
+            await self.consumer.settle(SETTLE_WAIT)
             self._consuming.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._consuming
