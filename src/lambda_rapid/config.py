@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from lambda_rapid import settings
 from lambda_rapid.credentials import RuntimeUser
@@ -27,6 +28,9 @@ from lambda_rapid.settings import (
     expand_switches,
     settings_markdown,
 )
+
+if TYPE_CHECKING:
+    import argparse
 
 __all__ = [
     "ALL_DAEMON_SETTINGS",
@@ -248,7 +252,7 @@ class NoFlags:
         self.command = command
 
 
-def daemon_flags(argv: list[str]) -> object:
+def daemon_flags(argv: list[str]) -> NoFlags | argparse.Namespace:
     """The flags (as attributes named after the settings' fields) and `command`."""
     if not argv or not argv[0].startswith("-"):
         return NoFlags(argv)
@@ -269,7 +273,7 @@ def daemon_config(argv: Sequence[str], environ: Mapping[str, str] | None = None)
     env = os.environ if environ is None else environ
     flags = daemon_flags(expand_switches(emulator_flags(argv), ALL_DAEMON_SETTINGS))
     values = SettingValues(ALL_DAEMON_SETTINGS, flags, env)
-    command = _runtime_command(list(flags.command))  # type: ignore[attr-defined]
+    command = _runtime_command(list(flags.command))
     handler = command[-1] if len(command) >= 2 else (env.get("_HANDLER") or None)
     function_name = values.get(settings.FUNCTION_NAME) or default_function_name(handler, command[0])
     return DaemonConfig(
