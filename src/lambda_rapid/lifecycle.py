@@ -4,7 +4,8 @@
 record the request), starts the service, waits until a stop is requested or a task the
 service cannot live without (its broker connection) ends, then shuts the service down
 and returns the exit status: 0 when asked to stop, 1 when the broker was given up on,
-2 for any other end of such a task.
+2 for any other end of such a task. A stop signal during the shutdown changes nothing;
+after it, it is ignored up to the process's exit.
 """
 
 from __future__ import annotations
@@ -20,6 +21,23 @@ from lambda_rapid.errors import BrokerUnavailable
 logger = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def ignore_stop_signals(loop: asyncio.AbstractEventLoop) -> None:
+    """Once stopped, a stop signal changes nothing, up to the process's very end.
+
+    Closing the loop restores the default action, and so does the interpreter's exit for
+    Python handlers: a second SIGTERM from a supervisor, or Ctrl-C pressed twice, would end
+    the process by that signal instead of with its exit status. Called only once the
+    runtimes are stopped: an ignored signal stays ignored in the processes started after.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        for signum in STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, signal.SIG_IGN)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 class Lifecycle:
@@ -59,6 +77,7 @@ class Lifecycle:
         stop.cancel()
         status = self._status()
         await shutdown()
+        ignore_stop_signals(loop)
         return status
 
     def _status(self) -> int:

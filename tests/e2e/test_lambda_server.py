@@ -6,8 +6,10 @@ unreachable or misconfigured."""
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
+import signal
 import subprocess
 import time
 import uuid
@@ -151,6 +153,18 @@ def test_function_whose_daemon_stopped_is_404_at_once(
     time.sleep(1.1)
     raw = server.invoke(name, {"down": 1}, timeout=SOON)
     assert raw.status == 404, raw.body
+
+
+def test_repeated_stop_signals_still_exit_0(start_server: Any) -> None:
+    # The same lifecycle as the daemon's: a stop under way goes on to exit status 0.
+    server = start_server()
+    for signum in itertools.islice(itertools.cycle((signal.SIGTERM, signal.SIGINT)), 20_000):
+        if server.proc.poll() is not None:
+            break
+        server.proc.send_signal(signum)
+        time.sleep(0.0005)
+    assert server.proc.wait(20) == 0
+    assert server.stop() == 0
 
 
 def test_boto3_event_is_accepted_and_runs(

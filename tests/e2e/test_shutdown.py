@@ -3,8 +3,10 @@ daemon exits 0, and no runtime process or child of one survives (also after a ti
 
 from __future__ import annotations
 
+import itertools
 import re
 import signal
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -12,6 +14,8 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import PROBE, alive, poll
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def child_pid(daemon: Any, request_id: str) -> int:
@@ -142,5 +146,19 @@ def test_invocation_longer_than_the_shutdown_grace_still_gets_an_answer(start_da
     assert response.status == 200, response.body
     assert response.header("X-Amz-Function-Error") == "Unhandled"
     assert response.json()["errorType"]
+    assert daemon.proc.wait(20) == 0
+    assert daemon.stop() == 0
+
+
+def test_repeated_sigterm_while_stopping_still_exits_0(start_daemon):
+    # Supervisors repeat SIGTERM and people press Ctrl-C twice: a stop already under way
+    # goes on to its end and the exit status stays 0, up to the last moment of the process.
+    daemon = start_daemon(env={"MAX_CONCURRENCY": "2"})
+    assert daemon.invoke({}).status == 200
+    for signum in itertools.islice(itertools.cycle(STOP_SIGNALS), 20_000):
+        if daemon.proc.poll() is not None:
+            break
+        daemon.signal(signum)
+        time.sleep(0.0005)
     assert daemon.proc.wait(20) == 0
     assert daemon.stop() == 0
