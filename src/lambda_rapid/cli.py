@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from lambda_rapid.config import DaemonConfig, ServerConfig
+    from lambda_rapid.spawning import Prelaunched
 
 
 def run(main: Coroutine[Any, Any, int]) -> int:
@@ -53,7 +54,8 @@ def daemon_main(argv: Sequence[str] | None = None) -> None:
         signal.signal(signum, remember_signal)
     early = None if os.environ.get("KUBERNETES_INIT_CONTAINER") else early_socket(args)
     from lambda_rapid.config import ConfigError, daemon_config, init_container_requested
-    from lambda_rapid.sockets import listen_socket
+    from lambda_rapid.sockets import bind_slots, listen_socket, slot_addresses
+    from lambda_rapid.spawning import prelaunch
 
     if init_container_requested():
         copy_to_shared_volume()
@@ -74,7 +76,18 @@ def daemon_main(argv: Sequence[str] | None = None) -> None:
         except ConfigError as error:
             fail(str(error))
             return
-    run_service(config, lambda: _serve(config, invoke_socket), "lambda-runtime-api-daemon")
+    try:
+        slots = bind_slots(config)
+    except ConfigError as error:
+        fail(str(error))
+        return
+    prepare_service(config)
+    # The first runtime starts now, while the rest of the daemon imports (after the
+    # process is sealed: the runtime must not inherit what sealing takes away).
+    prelaunched = prelaunch(config, slot_addresses(slots)[0])
+    run_service(
+        lambda: _serve(config, invoke_socket, slots, prelaunched), "lambda-runtime-api-daemon"
+    )
 
 
 def early_socket(args: Sequence[str]) -> socket.socket | None:
@@ -113,18 +126,20 @@ def serves(sock: socket.socket, config: DaemonConfig) -> bool:
     return bool(port == config.port and host == config.invoke_api_host)
 
 
-def run_service(
-    config: DaemonConfig | ServerConfig,
-    main: Callable[[], Coroutine[Any, Any, int]],
-    prog: str,
-) -> None:
-    """Set up logging, protect the credentials, run `main` and exit with its status."""
-    from lambda_rapid.config import ConfigError, DaemonConfig
+def prepare_service(config: DaemonConfig | ServerConfig) -> None:
+    """Set up logging and protect the credentials (before any runtime starts)."""
+    from lambda_rapid.config import DaemonConfig
     from lambda_rapid.credentials import protect
     from lambda_rapid.log import setup_logging
 
     setup_logging(config.log_level, config.structured_logging)
     protect(config.amqp, runtimes=isinstance(config, DaemonConfig))
+
+
+def run_service(main: Callable[[], Coroutine[Any, Any, int]], prog: str) -> None:
+    """Run `main` and exit with its status."""
+    from lambda_rapid.config import ConfigError
+
     try:
         status = run(main())
     except ConfigError as error:
@@ -167,10 +182,15 @@ def check_devnull() -> None:
         ) from None
 
 
-async def _serve(config: DaemonConfig, invoke_socket: socket.socket) -> int:
+async def _serve(
+    config: DaemonConfig,
+    invoke_socket: socket.socket,
+    slots: list[socket.socket],
+    prelaunched: Prelaunched | None,
+) -> int:
     from lambda_rapid.daemon import Daemon  # imported after the socket opened: see above
 
-    return await Daemon(config, invoke_socket).serve(EARLY_SIGNALS)
+    return await Daemon(config, invoke_socket, slots, prelaunched).serve(EARLY_SIGNALS)
 
 
 def server_main(argv: Sequence[str] | None = None) -> None:
@@ -181,7 +201,8 @@ def server_main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as error:
         fail(str(error), "lambda-server")
         return
-    run_service(config, lambda: _serve_server(config), "lambda-server")
+    prepare_service(config)
+    run_service(lambda: _serve_server(config), "lambda-server")
 
 
 async def _serve_server(config: ServerConfig) -> int:

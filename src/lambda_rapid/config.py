@@ -228,6 +228,7 @@ class DaemonConfig:
     metrics_port: int | None = None
     watch: bool = False
     provisioned_concurrency: int = 0
+    proactive_init: bool = True
 
     @property
     def function_arn(self) -> str:
@@ -310,6 +311,7 @@ def daemon_config(argv: Sequence[str], environ: Mapping[str, str] | None = None)
         metrics_port=values.get(settings.METRICS_PORT),
         watch=values[settings.WATCH],
         provisioned_concurrency=_provisioned(values),
+        proactive_init=values[settings.PROACTIVE_INIT],
     )
 
 

@@ -25,7 +25,9 @@ from lambda_rapid.invoke_api import InvokeApi, LocalBackend, Watchdog
 from lambda_rapid.lifecycle import Lifecycle
 from lambda_rapid.pool import Pool
 from lambda_rapid.reports import Reporter
-from lambda_rapid.runtime_api import RuntimeApi, bind_slots, slot_addresses
+from lambda_rapid.runtime_api import RuntimeApi
+from lambda_rapid.sockets import bind_slots, slot_addresses
+from lambda_rapid.spawning import Prelaunched
 
 if TYPE_CHECKING:
     from lambda_rapid.amqp_consumer import RpcConsumer
@@ -45,15 +47,26 @@ SETTLE_WAIT = 5.0
 class Daemon:
     """Owns the parts of one function's daemon and their lifecycle."""
 
-    def __init__(self, config: DaemonConfig, invoke_socket: socket.socket | None = None) -> None:
+    def __init__(
+        self,
+        config: DaemonConfig,
+        invoke_socket: socket.socket | None = None,
+        slots: list[socket.socket] | None = None,
+        prelaunched: Prelaunched | None = None,
+    ) -> None:
+        """`invoke_socket`, `slots` (the Runtime API's sockets) and `prelaunched` (the first
+        runtime) come from the CLI when it opened or started them ahead of the daemon."""
         self.config = config
         self.lifecycle = Lifecycle()
         reporter = Reporter(config.print_reports, config.function_version, config.memory_size)
-        slots = bind_slots(config)
+        slots = slots or bind_slots(config)
         # The dispatcher builds the pool, which reports exits to it: the one owner of the
         # instance lifecycle. The Runtime API sees only what an instance may ask of it.
         self.dispatcher = Dispatcher(
-            config, reporter, slot_addresses(slots), functools.partial(Pool, config)
+            config,
+            reporter,
+            slot_addresses(slots),
+            functools.partial(Pool, config, prelaunched=prelaunched),
         )
         # Extensions: their registry, lifecycle observer and Telemetry/Logs hooks.
         self.extensions = self.dispatcher.hub

@@ -28,9 +28,10 @@ from lambda_rapid.config import DaemonConfig
 from lambda_rapid.errors import exit_error, function_error_body, timeout_error
 from lambda_rapid.extensions import Extension, ExtensionSet, Hub, discover
 from lambda_rapid.extensions import Observer as ExtensionsObserver
-from lambda_rapid.instance import COMING, HOLDING, ExitCallback, Instance, State, log_stream_name
+from lambda_rapid.instance import COMING, HOLDING, ExitCallback, Instance, State
 from lambda_rapid.invocation import Invocation, InvocationResult
 from lambda_rapid.reports import Reporter
+from lambda_rapid.spawning import log_stream_name
 from lambda_rapid.streaming import Mode, ResponseStream, StreamedResult
 
 logger = logging.getLogger(__name__)
@@ -161,6 +162,10 @@ class Dispatcher:
         self._provisioned = loop.create_future()
         for _ in range(self._config.provisioned_concurrency):
             self._provisioning.add(self._spawn(provisioned=True))
+        if self._config.proactive_init and not self._provisioning:
+            # Lambda's proactive initialization: an on-demand instance, started ahead of
+            # the first invocation (reclaimed when idle like any other).
+            self._spawn()
         if not self._provisioning:
             self._provisioned.set_result(None)
 

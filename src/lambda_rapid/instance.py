@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -59,13 +58,6 @@ HOLDING = frozenset({S.BUSY, S.STREAMING})
 COMING = frozenset({S.STARTING, S.ANSWERED})
 # How the process pool reports an instance's exit: the exit in words, None for status 0.
 ExitCallback = Callable[["Instance", str | None], None]
-
-
-def log_stream_name(version: str) -> str:
-    """A CloudWatch-style log stream name for a new instance."""
-    day = time.strftime("%Y/%m/%d", time.gmtime())
-    # os.urandom rather than secrets: the same bytes without importing hashlib (~0.8 MB).
-    return f"{day}/[{version}]{os.urandom(16).hex()}"
 
 
 class Instance:

@@ -284,6 +284,11 @@ class OutputPipe(asyncio.Protocol):
 async def open_output_pipe(destination: int, capture: LogCapture) -> tuple[OutputPipe, int]:
     """A pipe whose read end feeds `destination` and `capture`; it and the write end's fd."""
     read_fd, write_fd = os.pipe()
+    return await connect_output_pipe(read_fd, destination, capture), write_fd
+
+
+async def connect_output_pipe(read_fd: int, destination: int, capture: LogCapture) -> OutputPipe:
+    """Feed `destination` and `capture` from the pipe whose read end is `read_fd`."""
     pipe = OutputPipe(read_fd, destination, capture)
     await asyncio.get_running_loop().connect_read_pipe(lambda: pipe, os.fdopen(read_fd, "rb", 0))
-    return pipe, write_fd
+    return pipe

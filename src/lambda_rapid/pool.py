@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import functools
 import logging
 import os
@@ -30,8 +29,15 @@ from lambda_rapid.config import DaemonConfig, instance_environ
 from lambda_rapid.credentials import hand_over, switch_user
 from lambda_rapid.extensions import ExtensionSet, extension_environ
 from lambda_rapid.instance import ExitCallback, Instance, State
-from lambda_rapid.output import STDERR, STDOUT, LogCapture, open_output_pipe
+from lambda_rapid.output import (
+    STDERR,
+    STDOUT,
+    LogCapture,
+    connect_output_pipe,
+    open_output_pipe,
+)
 from lambda_rapid.peers import MAX_PROCESSES, children_of, session_of
+from lambda_rapid.spawning import Prelaunched, become_subreaper, before_exec
 
 logger = logging.getLogger(__name__)
 
@@ -56,32 +62,6 @@ def describe_exit(returncode: int) -> str | None:
         }
         return f"signal: {words.get(name, name)}"
     return f"exit status {returncode}"
-
-
-PR_SET_PDEATHSIG = 1
-PR_SET_CHILD_SUBREAPER = 36
-# The C library, as already loaded into this process (finding it by name runs ldconfig).
-_LIBC = ctypes.CDLL(None, use_errno=True)
-
-
-def become_subreaper() -> bool:
-    """Have orphaned descendants re-parented to this process (Linux 3.4+)."""
-    return bool(_LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
-
-
-def die_with(parent: int) -> None:
-    """In a new child before exec: SIGKILL when `parent` dies (if it already has, exit)."""
-    # The signal follows the thread that forked, which is the event loop's thread.
-    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:
-        os._exit(1)
-
-
-def before_exec(parent: int, become: Callable[[], None] | None) -> None:
-    """In a new child: become the runtime's user, then tie its life to the daemon's."""
-    if become is not None:
-        become()
-    die_with(parent)  # after any change of user, which would clear it
 
 
 def process_state(pid: int) -> bytes | None:
@@ -136,6 +116,38 @@ class InstanceProcess(asyncio.SubprocessProtocol):
         self.on_exit(self)
 
 
+class AdoptedProcess(asyncio.SubprocessTransport):
+    """The transport of a prelaunched runtime: its exit is seen through its pidfd."""
+
+    def __init__(self, prelaunched: Prelaunched, protocol: asyncio.SubprocessProtocol) -> None:
+        super().__init__()
+        self._process = prelaunched.process
+        self._pidfd = prelaunched.pidfd
+        self._protocol = protocol
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._pidfd, self._exited)
+
+    def get_pid(self) -> int:
+        return self._process.pid
+
+    def get_returncode(self) -> int | None:
+        return self._process.returncode
+
+    def _exited(self) -> None:
+        self.close()
+        self._process.wait()  # at once: it has exited
+        self._protocol.process_exited()
+
+    def close(self) -> None:
+        if self._pidfd >= 0:
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+    def is_closing(self) -> bool:
+        return self._pidfd < 0
+
+
 class ExtensionProcess(asyncio.SubprocessProtocol):
     """Receives one external extension's exit; its output comes through its own pipes."""
 
@@ -161,9 +173,13 @@ class ExtensionProcess(asyncio.SubprocessProtocol):
 class Pool:
     """Owns runtime processes: starting, signalling, reaping them and their orphans."""
 
-    def __init__(self, config: DaemonConfig, on_exit: ExitCallback) -> None:
+    def __init__(
+        self, config: DaemonConfig, on_exit: ExitCallback, prelaunched: Prelaunched | None = None
+    ) -> None:
         self._config = config
         self._on_exit = on_exit
+        # The first instance's runtime, started before the loop: the first spawn adopts it.
+        self._prelaunched = prelaunched
         self._processes: dict[Instance, InstanceProcess] = {}
         self._starting: set[asyncio.Task[None]] = set()
         self._launching: set[Instance] = set()
@@ -182,10 +198,41 @@ class Pool:
 
     def spawn(self, instance: Instance) -> None:
         """Start the instance's runtime process in the background."""
-        task = asyncio.get_running_loop().create_task(self._start(instance))
+        prelaunched = self._claim_prelaunched(instance)
+        work = self._start(instance) if prelaunched is None else self._adopt(instance, prelaunched)
+        task = asyncio.get_running_loop().create_task(work)
         self._starting.add(task)
         self._launching.add(instance)
         task.add_done_callback(self._starting.discard)
+
+    def _claim_prelaunched(self, instance: Instance) -> Prelaunched | None:
+        """The prelaunched process, if it is this instance's runtime (else it is ended).
+
+        Its pid is the instance's from now on: the Runtime API's peer check needs it as
+        soon as the loop runs, and the process may have connected long ago.
+        """
+        prelaunched, self._prelaunched = self._prelaunched, None
+        if prelaunched is None:
+            return None
+        extensions = instance.extensions
+        if instance.slot != 0 or instance.provisioned or (extensions and extensions.to_start):
+            prelaunched.discard()  # not started as this instance would be
+            return None
+        instance.pid = prelaunched.pid
+        instance.log_stream = prelaunched.log_stream
+        instance.spawned_at = instance.idle_since = prelaunched.started_at
+        return prelaunched
+
+    async def _adopt(self, instance: Instance, prelaunched: Prelaunched) -> None:
+        """Take over the prelaunched runtime: its output pipes, then its exit."""
+        capture = instance.output
+        capture.attach(
+            await connect_output_pipe(prelaunched.stdout, STDOUT, capture),
+            await connect_output_pipe(prelaunched.stderr, STDERR, capture),
+        )
+        protocol = InstanceProcess(instance, self._process_exited)
+        protocol.connection_made(AdoptedProcess(prelaunched, protocol))
+        self._started(instance, protocol)
 
     async def _start(self, instance: Instance) -> None:
         env = instance_environ(self._config, instance.runtime_api, instance.log_stream)
@@ -213,6 +260,9 @@ class Pool:
             self._doomed.discard(instance)
             self._on_exit(instance, f"{exc.strerror or exc}")
             return
+        self._started(instance, protocol)
+
+    def _started(self, instance: Instance, protocol: InstanceProcess) -> None:
         assert protocol.transport is not None
         instance.pid = protocol.transport.get_pid()
         self._processes[instance] = protocol
@@ -393,6 +443,9 @@ class Pool:
         """Stop every instance (shutdown), including any still being started."""
         if self._reaper is not None:
             self._reaper.cancel()
+        if self._prelaunched is not None:  # never claimed: stopped before the first spawn
+            self._prelaunched.discard()
+            self._prelaunched = None
         if self._starting:
             await asyncio.gather(*self._starting, return_exceptions=True)
         instances = set(self._processes) | {p.instance for p in self._extensions.values()}

@@ -41,7 +41,6 @@ from lambda_rapid.httpserver import (
 from lambda_rapid.instance import Instance
 from lambda_rapid.invocation import Invocation, InvocationResult
 from lambda_rapid.peers import PeerCheck, proc_available
-from lambda_rapid.sockets import listen_socket
 from lambda_rapid.streaming import MAX_STREAMED_RESPONSE, STREAMING_MODE_HEADER, ResponseStream
 
 logger = logging.getLogger(__name__)
@@ -111,26 +110,6 @@ class RuntimeCore(Protocol):
     def begin_stream(
         self, instance: Instance, request_id: str, content_type: str
     ) -> ResponseStream: ...
-
-
-def bind_slots(config: DaemonConfig) -> list[socket.socket]:
-    """One listening socket per slot (MAX_CONCURRENCY of them)."""
-    sockets = []
-    for slot in range(config.max_concurrency):
-        # The first slot is where Lambda's runtimes look (9001); the others take free ports.
-        port = config.runtime_api_port if slot == 0 else 0
-        address = "RUNTIME_API_HOST:RUNTIME_API_PORT"
-        sockets.append(listen_socket(config.runtime_api_host, port, address))
-    return sockets
-
-
-def slot_addresses(sockets: Sequence[socket.socket]) -> list[str]:
-    """`host:port` of each slot, as runtimes receive it in AWS_LAMBDA_RUNTIME_API."""
-    result = []
-    for sock in sockets:
-        host, port = sock.getsockname()[:2]
-        result.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-    return result
 
 
 class RuntimeApi:

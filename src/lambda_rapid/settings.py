@@ -274,6 +274,17 @@ PROVISIONED_CONCURRENCY = Setting(
     "instances initialised at start-up and kept (at most MAX_CONCURRENCY)",
 )
 
+PROACTIVE_INIT = Setting(
+    "proactive_init",
+    "PROACTIVE_INIT",
+    "--proactive-init",
+    _boolean,
+    "TRUE",
+    "start the first on-demand instance with the daemon, as Lambda may, rather than on the "
+    "first invocation",
+    is_switch=True,
+)
+
 PRINT_REPORTS = Setting(
     "print_reports",
     "PRINT_REPORTS",
@@ -373,6 +384,7 @@ DAEMON_SETTINGS: tuple[Setting[Any], ...] = (
     MEMORY_SIZE,
     MAX_CONCURRENCY,
     PROVISIONED_CONCURRENCY,
+    PROACTIVE_INIT,
     PRINT_REPORTS,
     RUNTIME_API_PEER_CHECK,
     LOG_LEVEL,

@@ -7,8 +7,13 @@ Invoke API (bound by the CLI at start-up) and the Runtime API (one socket per sl
 from __future__ import annotations
 
 import socket
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from lambda_rapid.settings import ConfigError
+
+if TYPE_CHECKING:
+    from lambda_rapid.config import DaemonConfig
 
 
 def listen_socket(host: str, port: int, settings: str) -> socket.socket:
@@ -32,3 +37,23 @@ def listen_socket(host: str, port: int, settings: str) -> socket.socket:
         ) from None
     sock.setblocking(False)
     return sock
+
+
+def bind_slots(config: DaemonConfig) -> list[socket.socket]:
+    """One listening socket per slot (MAX_CONCURRENCY of them)."""
+    sockets = []
+    for slot in range(config.max_concurrency):
+        # The first slot is where Lambda's runtimes look (9001); the others take free ports.
+        port = config.runtime_api_port if slot == 0 else 0
+        address = "RUNTIME_API_HOST:RUNTIME_API_PORT"
+        sockets.append(listen_socket(config.runtime_api_host, port, address))
+    return sockets
+
+
+def slot_addresses(sockets: Sequence[socket.socket]) -> list[str]:
+    """`host:port` of each slot, as runtimes receive it in AWS_LAMBDA_RUNTIME_API."""
+    result = []
+    for sock in sockets:
+        host, port = sock.getsockname()[:2]
+        result.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    return result

@@ -74,6 +74,7 @@ ENV_VALUES = {
     "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": ("128", "memory_size", 128),
     "MAX_CONCURRENCY": ("4", "max_concurrency", 4),
     "PROVISIONED_CONCURRENCY": ("1", "provisioned_concurrency", 1),
+    "PROACTIVE_INIT": ("FALSE", "proactive_init", False),
     "PRINT_REPORTS": ("TRUE", "print_reports", True),
     "LOG_LEVEL": ("debug", "log_level", "DEBUG"),
     "USE_STRUCTURED_LOGGING": ("1", "structured_logging", True),

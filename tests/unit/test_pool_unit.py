@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
-from lambda_rapid import pool as pool_module
-from lambda_rapid.config import daemon_config
+from lambda_rapid import spawning
+from lambda_rapid.config import DaemonConfig, daemon_config
 from lambda_rapid.instance import Instance
 from lambda_rapid.pool import Pool, describe_exit
+from lambda_rapid.spawning import Prelaunched, prelaunch
 
 EXIT_WAIT = 20.0  # a bound for a failing test only; exits come within milliseconds
 
@@ -26,7 +27,7 @@ EXIT_WAIT = 20.0  # a bound for a failing test only; exits come within milliseco
 def not_a_subreaper() -> Iterator[None]:
     """The pool makes its process a subreaper: undo that for the rest of this worker."""
     yield
-    pool_module._LIBC.prctl(pool_module.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+    spawning._LIBC.prctl(spawning.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
 
 
 def run(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
@@ -153,3 +154,84 @@ async def test_stop_all_stops_every_runtime() -> None:
     await owner.pool.stop_all(EXIT_WAIT)
     exits = {await owner.exit(), await owner.exit()}
     assert exits == {(first, "signal: terminated"), (second, "signal: terminated")}
+
+
+# -- the runtime prelaunched before the loop (PROACTIVE_INIT) --------------------------
+
+
+def prelaunched(script: str) -> tuple[DaemonConfig, Prelaunched]:
+    """`script` started as the first runtime before any event loop ran, and its config."""
+    config = dataclasses.replace(
+        daemon_config(["/bin/sh", "-c", script], {}), command=["/bin/sh", "-c", script]
+    )
+    started = prelaunch(config, "127.0.0.1:9")
+    assert started is not None
+    return config, started
+
+
+def test_the_prelaunched_runtime_is_adopted_by_the_first_instance() -> None:
+    config, started = prelaunched(
+        'echo "early $AWS_LAMBDA_RUNTIME_API $AWS_LAMBDA_INITIALIZATION_TYPE"; '
+        "read line; exit 4"  # stdin is /dev/null: exits at once after printing
+    )
+
+    async def body() -> None:
+        owner = Owner("unused")
+        owner.pool = Pool(config, lambda i, d: owner.exits.put_nowait((i, d)), started)
+        instance = owner.spawn()
+        # Taken over at once: the peer check needs the pid before the loop turns.
+        assert instance.pid == started.pid
+        assert instance.log_stream == started.log_stream
+        instance.output.start()
+        assert await owner.exit() == (instance, "exit status 4")
+        # What it printed before being adopted waited in its pipe.
+        assert instance.output.stop() == b"early 127.0.0.1:9 on-demand\n"
+        await owner.pool.stop_all(1.0)
+
+    asyncio.run(body())
+    assert started.process.returncode == 4  # collected by the pool, not left a zombie
+
+
+@pytest.mark.parametrize("slot", [1, "provisioned"])
+def test_a_prelaunched_runtime_unfit_for_the_instance_is_ended(slot: int | str) -> None:
+    config, started = prelaunched("exec sleep 30")
+
+    async def body() -> None:
+        owner = Owner("exec sleep 30")
+        owner.pool = Pool(owner.config, lambda i, d: owner.exits.put_nowait((i, d)), started)
+        instance = Instance(1 if slot == 1 else 0, "127.0.0.1:9", "stream")
+        instance.provisioned = slot == "provisioned"
+        owner.pool.spawn(instance)
+        assert instance.pid != started.pid
+        assert started.process.returncode == -9  # killed and collected at once
+        await until(lambda: instance.pid is not None)
+        await owner.pool.stop_all(EXIT_WAIT)
+        assert await owner.exit() == (instance, "signal: terminated")
+
+    asyncio.run(body())
+
+
+def test_an_unclaimed_prelaunched_runtime_is_ended_at_shutdown() -> None:
+    config, started = prelaunched("exec sleep 30")
+
+    async def body() -> None:
+        pool = Pool(config, lambda i, d: None, started)
+        await pool.stop_all(1.0)
+
+    asyncio.run(body())
+    assert started.process.returncode == -9
+
+
+def test_nothing_is_prelaunched_when_proactive_init_is_off_or_others_come_first(
+    tmp_path: Path,
+) -> None:
+    base = daemon_config(["/bin/true"], {})
+    extensions = tmp_path / "extensions"
+    extensions.mkdir()
+    (extensions / "agent").touch()
+    for config in (
+        dataclasses.replace(base, proactive_init=False),
+        dataclasses.replace(base, provisioned_concurrency=1),
+        dataclasses.replace(base, extensions_dir=str(extensions)),
+    ):
+        assert prelaunch(config, "127.0.0.1:9") is None
