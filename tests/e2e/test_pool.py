@@ -21,7 +21,8 @@ def assert_function_error(response: Any, error_type: str) -> dict[str, Any]:
     return body  # type: ignore[no-any-return]
 
 
-def test_no_runtime_before_first_invocation_then_exactly_one(fn_daemon):
+def test_on_demand_no_runtime_before_first_invocation_then_exactly_one(start_daemon):
+    fn_daemon = start_daemon(env={"PROACTIVE_INIT": "FALSE"})
     # An eager daemon starts its runtime right after it listens: well within this window.
     assert stays(lambda: fn_daemon.runtime_pids() == [], 0.5), (
         "a runtime was started before any invocation"
