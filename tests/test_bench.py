@@ -64,6 +64,8 @@ def test_quick_benchmark_produces_results(tmp_path: Path) -> None:
         memory = {k: v["median"] for k, v in report["memory"][kind].items()}
         assert memory["invocations"] >= 500, memory
         assert memory["idle_mb"] > 5 and memory["loaded_mb"] > 5, memory
+    assert set(report["startup"]) == {"ours", "on demand", "floor"}
+    for kind in report["startup"]:
         startup = {k: v["median"] for k, v in report["startup"][kind].items()}
         assert 0 < startup["listen_ms"] < startup["first_ms"], startup
         # The runtime's start is measured alone, in a run of its own: on a busy machine
@@ -78,6 +80,7 @@ def test_quick_benchmark_produces_results(tmp_path: Path) -> None:
             assert_load_case(result, f"{key} {kind}")
     table = (tmp_path / "results.md").read_text()
     assert "| case | daemon CPU" in table
+    assert "| raw runtime, PROACTIVE_INIT=FALSE | " in table
     for key in LOAD_CASES:
         assert f"| {key} | " in table
     if broker_expected():
