@@ -54,6 +54,7 @@ def daemon_main(argv: Sequence[str] | None = None) -> None:
         signal.signal(signum, remember_signal)
     early = None if os.environ.get("KUBERNETES_INIT_CONTAINER") else early_socket(args)
     from lambda_rapid.config import ConfigError, daemon_config, init_container_requested
+    from lambda_rapid.credentials import seal
     from lambda_rapid.sockets import bind_slots, listen_socket, slot_addresses
     from lambda_rapid.spawning import prelaunch
 
@@ -81,10 +82,12 @@ def daemon_main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as error:
         fail(str(error))
         return
-    prepare_service(config)
-    # The first runtime starts now, while the rest of the daemon imports (after the
-    # process is sealed: the runtime must not inherit what sealing takes away).
+    # The first runtime starts now, while the rest of the daemon (logging included)
+    # loads; after the process is sealed: the runtime must not inherit what sealing takes
+    # away. A sealed process's /proc is closed to it before the password is masked there.
+    seal(runtimes=True)
     prelaunched = prelaunch(config, slot_addresses(slots)[0])
+    prepare_service(config)
     run_service(
         lambda: _serve(config, invoke_socket, slots, prelaunched), "lambda-runtime-api-daemon"
     )
@@ -127,7 +130,8 @@ def serves(sock: socket.socket, config: DaemonConfig) -> bool:
 
 
 def prepare_service(config: DaemonConfig | ServerConfig) -> None:
-    """Set up logging and protect the credentials (before any runtime starts)."""
+    """Set up logging, seal the process and mask the broker password in /proc (the
+    daemon sealed itself already, before its first runtime: sealing twice is harmless)."""
     from lambda_rapid.config import DaemonConfig
     from lambda_rapid.credentials import protect
     from lambda_rapid.log import setup_logging

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ctypes
 import grp
-import logging
 import os
 import pwd
 from collections.abc import Callable, Iterable
@@ -101,6 +100,8 @@ def conceal(secrets: list[bytes]) -> None:
     try:
         mask_process("self", secrets)
     except OSError as error:  # no /proc here: nothing of ours to read there either
+        import logging  # only here: the daemon's first runtime starts before logging loads
+
         logging.getLogger(__name__).warning("cannot mask the broker password: %s", error)
 
 
@@ -145,7 +146,13 @@ def seal(runtimes: bool) -> None:
 
 
 def protect(amqp: AmqpConfig | None, runtimes: bool) -> None:
-    """At start: mask the broker password in /proc and seal the process."""
+    """At start: seal the process and mask the broker password in /proc."""
+    seal(runtimes)
+    conceal_password(amqp)
+
+
+def conceal_password(amqp: AmqpConfig | None) -> None:
+    """Mask the broker password where /proc shows this process's argv and environ."""
     secrets: list[bytes] = []
     if amqp is not None:
         from urllib.parse import unquote, urlsplit  # AMQP only: off the start-up path
@@ -153,7 +160,6 @@ def protect(amqp: AmqpConfig | None, runtimes: bool) -> None:
         password = urlsplit(amqp.url).password
         secrets = needles(unquote(password)) if password else []
     conceal(secrets)
-    seal(runtimes)
 
 
 # -- runtimes as another user -------------------------------------------------------------
