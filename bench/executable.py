@@ -2,8 +2,9 @@
 
 `python -m bench.executable [--rounds N] [--go-daemon PATH]` builds (or reuses) the
 single file and the directory variant, then, with the static Go echo function as the
-runtime started on demand, measures from exec to the first answered invocation, the file
-(or directory) size, the bytes unpacked into the temp directory per start, and the
+runtime (its first instance starts with the daemon: PROACTIVE_INIT), measures from exec
+to the first answered invocation, the file (or directory) size, the bytes unpacked into
+the temp directory per start, and the
 resident memory of the daemon's processes (the launcher and the daemon, not the runtime)
 once it has answered.
 """

@@ -98,7 +98,8 @@ class Prelaunched:
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
         for fd in (self.pidfd, self.stdout, self.stderr):
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
 
 
 def prelaunch(config: DaemonConfig, runtime_api: str) -> Prelaunched | None:
@@ -137,18 +138,13 @@ def prelaunch(config: DaemonConfig, runtime_api: str) -> Prelaunched | None:
         # The process holds the write ends now; ours would keep the pipes from closing.
         os.close(stdout_write)
         os.close(stderr_write)
+    started = Prelaunched(process, -1, (stdout_read, stderr_read), log_stream, started_at)
     try:
-        pidfd = os.pidfd_open(process.pid)
+        started.pidfd = os.pidfd_open(process.pid)
     except OSError:  # a kernel before 5.3: no way to watch it without the loop's help
-        Prelaunched(
-            process,
-            os.open(os.devnull, os.O_RDONLY),
-            (stdout_read, stderr_read),
-            log_stream,
-            started_at,
-        ).discard()
+        started.discard()
         return None
-    return Prelaunched(process, pidfd, (stdout_read, stderr_read), log_stream, started_at)
+    return started
 
 
 def has_entries(directory: str) -> bool:
