@@ -38,11 +38,15 @@ def environ_of(pid: int) -> dict[str, str]:
     return {name.decode(): value.decode() for name, _, value in pairs}
 
 
-def noisy_function(tmp_path: Path) -> tuple[Path, Path]:
-    code = tmp_path / "code"
+def noisy_daemon(
+    start_daemon: Any, tmp_path: Path, env: dict[str, str] | None = None
+) -> tuple[Any, Path]:
+    """A daemon running NOISY_INIT under awslambdaric, and the file counting its inits."""
+    code, count = tmp_path / "code", tmp_path / "inits"
     code.mkdir()
     (code / "noisy.py").write_text(NOISY_INIT)
-    return code, tmp_path / "inits"
+    env = {"INIT_COUNT": str(count), **(env or {})}
+    return start_daemon([*PYTHON_RIC, "noisy.handler"], env=env, cwd=code), count
 
 
 def inits(count: Path) -> int:
@@ -52,9 +56,7 @@ def inits(count: Path) -> int:
 def test_the_first_runtime_starts_before_any_invocation_and_serves_it(
     start_daemon: Any, tmp_path: Path
 ) -> None:
-    code, count = noisy_function(tmp_path)
-    env = {"INIT_COUNT": str(count), "PRINT_REPORTS": "TRUE"}
-    daemon = start_daemon([*PYTHON_RIC, "noisy.handler"], env=env, cwd=code)
+    daemon, count = noisy_daemon(start_daemon, tmp_path, {"PRINT_REPORTS": "TRUE"})
     assert poll(lambda: "INIT-MARKER on-demand" in daemon.stdout()), daemon.stderr()
     [pid] = daemon.runtime_pids()
     runtime_env = environ_of(pid)
@@ -75,9 +77,7 @@ def test_the_first_runtime_starts_before_any_invocation_and_serves_it(
 def test_off_the_runtime_starts_with_the_first_invocation(
     start_daemon: Any, tmp_path: Path
 ) -> None:
-    code, count = noisy_function(tmp_path)
-    env = {"INIT_COUNT": str(count), "PROACTIVE_INIT": "FALSE"}
-    daemon = start_daemon([*PYTHON_RIC, "noisy.handler"], env=env, cwd=code)
+    daemon, count = noisy_daemon(start_daemon, tmp_path, {"PROACTIVE_INIT": "FALSE"})
     assert poll(lambda: ready(daemon)), daemon.stderr()
     # Absence, with a documented bound: started ahead, it prints within ~150 ms.
     assert stays(lambda: not daemon.runtime_pids() and inits(count) == 0, 1.0)
@@ -90,9 +90,8 @@ def test_off_the_runtime_starts_with_the_first_invocation(
 def test_a_failed_early_init_is_tried_again_by_the_first_invocation(
     start_daemon: Any, tmp_path: Path
 ) -> None:
-    code, count = noisy_function(tmp_path)
-    Path(f"{count}.fail").touch()
-    daemon = start_daemon([*PYTHON_RIC, "noisy.handler"], env={"INIT_COUNT": str(count)}, cwd=code)
+    (tmp_path / "inits.fail").touch()
+    daemon, count = noisy_daemon(start_daemon, tmp_path)
     assert poll(lambda: "runtime init failed" in daemon.stderr()), daemon.stderr()
     assert poll(lambda: not daemon.runtime_pids()), "the failed instance was not stopped"
     answer = daemon.invoke({})
@@ -126,8 +125,7 @@ def test_a_runtime_that_cannot_be_executed_gets_the_same_answer_either_way(
 def test_sigterm_before_any_invocation_stops_the_early_runtime(
     start_daemon: Any, tmp_path: Path
 ) -> None:
-    code, count = noisy_function(tmp_path)
-    daemon = start_daemon([*PYTHON_RIC, "noisy.handler"], env={"INIT_COUNT": str(count)}, cwd=code)
+    daemon, _ = noisy_daemon(start_daemon, tmp_path)
     assert poll(lambda: len(daemon.runtime_pids()) == 1), daemon.stderr()
     [pid] = daemon.runtime_pids()
     daemon.signal(signal.SIGTERM)
@@ -138,8 +136,7 @@ def test_sigterm_before_any_invocation_stops_the_early_runtime(
 
 def test_the_early_runtime_dies_with_a_killed_daemon(start_daemon: Any, tmp_path: Path) -> None:
     # The runtime's parent-death signal is set before it runs, as for any runtime.
-    code, count = noisy_function(tmp_path)
-    daemon = start_daemon([*PYTHON_RIC, "noisy.handler"], env={"INIT_COUNT": str(count)}, cwd=code)
+    daemon, _ = noisy_daemon(start_daemon, tmp_path)
     assert poll(lambda: len(daemon.runtime_pids()) == 1), daemon.stderr()
     [pid] = daemon.runtime_pids()
     os.killpg(daemon.proc.pid, signal.SIGKILL)
