@@ -177,6 +177,11 @@ def children(pid: int) -> list[int]:
         return [int(child) for child in found.read().split()]
 
 
+def command_of(pid: int) -> bytes:
+    with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+        return cmdline.read().split(b"\0")[0]
+
+
 def pid_in_namespace(host_pid: int) -> int:
     with open(f"/proc/{host_pid}/status") as status:
         for line in status:
@@ -294,7 +299,9 @@ def test_no_process_can_read_the_broker_password(scratch: Any, names: Names, giv
 def test_the_directory_variant_runs_in_a_scratch_root_and_unpacks_nothing(scratch: Any) -> None:
     container = scratch(["/echo"], env={"AWS_LAMBDA_FUNCTION_NAME": "echo"}, directory=True)
     assert pid_in_namespace(container.daemon_pid()) == 1
-    assert children(container.daemon_pid()) == []  # the daemon itself is PID 1
     assert container.invoke({"hello": "directory"}).json() == {"hello": "directory"}
+    # The daemon itself is PID 1: its only child is the runtime that answered, no Python
+    # process under a waiting launcher.
+    assert [command_of(pid) for pid in children(container.daemon_pid())] == [b"/echo"]
     assert list((container.root / "tmp").iterdir()) == []
     assert container.stop() == 0
