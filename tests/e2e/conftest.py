@@ -195,8 +195,36 @@ def processes_with_marker(token: str) -> list[int]:
     return found
 
 
+def descendants(root: int) -> list[int]:
+    """Pids of the live (non-zombie) processes below `root` in the process tree."""
+    children: dict[int, list[int]] = {}
+    zombies = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        if fields[0] == b"Z":
+            zombies.add(int(entry))
+    found, pending = [], [root]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            pending.append(child)
+            if child not in zombies:
+                found.append(child)
+    return found
+
+
 def runtime_pids(token: str, daemon_pid: int) -> list[int]:
-    return [pid for pid in processes_with_marker(token) if pid != daemon_pid]
+    """The daemon's runtimes and what they started: the processes carrying its marker, and
+    its descendants. The tree also finds a process while it execs (its environment reads
+    as empty for a moment then); the marker also finds those that left the tree."""
+    found = set(processes_with_marker(token)) | set(descendants(daemon_pid))
+    return sorted(found - {daemon_pid})
 
 
 @dataclass
