@@ -8,7 +8,7 @@ import uuid
 
 import aio_pika
 
-from bench.load import PAYLOAD
+from bench.load import PAYLOAD, finished
 
 
 async def _run(
@@ -26,13 +26,7 @@ async def _run(
     replies = await channel.get_queue("amq.rabbitmq.reply-to", ensure=False)
     await replies.consume(on_reply, no_ack=True)
     latencies: list[float] = []
-    stop_at = time.perf_counter() + seconds
-    give_up_at = stop_at + 9 * seconds
-
-    def until() -> bool:
-        now = time.perf_counter()
-        return now >= stop_at and (len(latencies) >= minimum or now >= give_up_at)
-
+    until = finished(seconds, minimum, latencies)
     loop = asyncio.get_running_loop()
 
     async def worker() -> None:

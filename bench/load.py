@@ -18,6 +18,19 @@ from collections.abc import Callable
 PAYLOAD = json.dumps({"data": "x" * 1000}).encode()
 
 
+def finished(seconds: float, minimum: int, done: list[float]) -> Callable[[], bool]:
+    """Whether a load that began now is over: `seconds` have passed and `done` holds
+    `minimum` results, or ten times `seconds` have passed."""
+    started = time.perf_counter()
+    stop_at, give_up_at = started + seconds, started + 10 * seconds
+
+    def until() -> bool:
+        now = time.perf_counter()
+        return now >= stop_at and (len(done) >= minimum or now >= give_up_at)
+
+    return until
+
+
 async def worker(
     host: str,
     port: int,
@@ -53,12 +66,7 @@ async def run(url: str, concurrency: int, seconds: float, minimum: int = 0) -> d
     latencies: list[float] = []
     errors: list[int] = []
     started = time.perf_counter()
-    stop_at, give_up_at = started + seconds, started + 10 * seconds
-
-    def until() -> bool:
-        now = time.perf_counter()
-        return now >= stop_at and (len(latencies) >= minimum or now >= give_up_at)
-
+    until = finished(seconds, minimum, latencies)
     await asyncio.gather(
         *(
             worker(

@@ -130,14 +130,12 @@ def serves(sock: socket.socket, config: DaemonConfig) -> bool:
 
 
 def prepare_service(config: DaemonConfig | ServerConfig) -> None:
-    """Set up logging, seal the process and mask the broker password in /proc (the
-    daemon sealed itself already, before its first runtime: sealing twice is harmless)."""
-    from lambda_rapid.config import DaemonConfig
-    from lambda_rapid.credentials import protect
+    """Set up logging and mask the broker password in /proc (once the process is sealed)."""
+    from lambda_rapid.credentials import conceal_password
     from lambda_rapid.log import setup_logging
 
     setup_logging(config.log_level, config.structured_logging)
-    protect(config.amqp, runtimes=isinstance(config, DaemonConfig))
+    conceal_password(config.amqp)
 
 
 def run_service(main: Callable[[], Coroutine[Any, Any, int]], prog: str) -> None:
@@ -205,6 +203,9 @@ def server_main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as error:
         fail(str(error), "lambda-server")
         return
+    from lambda_rapid.credentials import seal
+
+    seal(runtimes=False)
     prepare_service(config)
     run_service(lambda: _serve_server(config), "lambda-server")
 

@@ -467,8 +467,11 @@ def temp_dir(environ: Mapping[str, str] | None = None) -> str:
     return env.get("TMPDIR") or "/tmp"
 
 
-def instance_environ(config: DaemonConfig, runtime_api: str, log_stream: str) -> dict[str, str]:
-    """The environment of one runtime instance, as the Lambda service would set it."""
+def instance_environ(
+    config: DaemonConfig, slot: int, runtime_api: str, log_stream: str
+) -> dict[str, str]:
+    """The environment of one runtime instance, as the Lambda service would set it, and
+    `_INSTANCE`, its slot (extensions that listen pick distinct ports by it)."""
     env = dict(config.runtime_environ)
     env.setdefault("LAMBDA_TASK_ROOT", os.getcwd())
     env.setdefault("LAMBDA_RUNTIME_DIR", "/var/runtime")
@@ -484,6 +487,7 @@ def instance_environ(config: DaemonConfig, runtime_api: str, log_stream: str) ->
         AWS_LAMBDA_INITIALIZATION_TYPE="on-demand",
         AWS_REGION=config.region,
     )
+    env["_INSTANCE"] = str(slot)
     if config.handler is not None:
         env["_HANDLER"] = config.handler
     return env

@@ -145,12 +145,6 @@ def seal(runtimes: bool) -> None:
         libc.capset(ctypes.byref(header), data)
 
 
-def protect(amqp: AmqpConfig | None, runtimes: bool) -> None:
-    """At start: seal the process and mask the broker password in /proc."""
-    seal(runtimes)
-    conceal_password(amqp)
-
-
 def conceal_password(amqp: AmqpConfig | None) -> None:
     """Mask the broker password where /proc shows this process's argv and environ."""
     secrets: list[bytes] = []

@@ -235,8 +235,9 @@ class Pool:
         self._started(instance, protocol)
 
     async def _start(self, instance: Instance) -> None:
-        env = instance_environ(self._config, instance.runtime_api, instance.log_stream)
-        env["_INSTANCE"] = str(instance.slot)
+        env = instance_environ(
+            self._config, instance.slot, instance.runtime_api, instance.log_stream
+        )
         if instance.provisioned:
             env["AWS_LAMBDA_INITIALIZATION_TYPE"] = "provisioned-concurrency"
         extensions = instance.extensions

@@ -113,8 +113,7 @@ def prelaunch(config: DaemonConfig, runtime_api: str) -> Prelaunched | None:
         return None  # extensions start before the runtime: the pool's usual path
     become_subreaper()
     log_stream = log_stream_name(config.function_version)
-    env = instance_environ(config, runtime_api, log_stream)
-    env["_INSTANCE"] = "0"
+    env = instance_environ(config, 0, runtime_api, log_stream)
     stdout_read, stdout_write = os.pipe()
     stderr_read, stderr_write = os.pipe()
     hand_over(config.runtime_user, stdout_write, stderr_write)

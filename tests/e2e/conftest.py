@@ -195,10 +195,9 @@ def processes_with_marker(token: str) -> list[int]:
     return found
 
 
-def descendants(root: int) -> list[int]:
-    """Pids of the live (non-zombie) processes below `root` in the process tree."""
-    children: dict[int, list[int]] = {}
-    zombies = set()
+def process_table() -> list[tuple[int, int, bytes]]:
+    """(pid, parent pid, state letter) of every process in /proc."""
+    table = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -207,9 +206,27 @@ def descendants(root: int) -> list[int]:
                 fields = stat.read().rsplit(b")", 1)[1].split()
         except OSError:
             continue
-        children.setdefault(int(fields[1]), []).append(int(entry))
-        if fields[0] == b"Z":
-            zombies.add(int(entry))
+        table.append((int(entry), int(fields[1]), fields[0]))
+    return table
+
+
+def command_of(pid: int) -> bytes:
+    """The program a process runs (its argv[0]); empty once it is gone."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return cmdline.read().split(b"\0")[0]
+    except OSError:
+        return b""
+
+
+def descendants(root: int) -> list[int]:
+    """Pids of the live (non-zombie) processes below `root` in the process tree."""
+    children: dict[int, list[int]] = {}
+    zombies = set()
+    for pid, parent, state in process_table():
+        children.setdefault(parent, []).append(pid)
+        if state == b"Z":
+            zombies.add(pid)
     found, pending = [], [root]
     while pending:
         for child in children.get(pending.pop(), []):

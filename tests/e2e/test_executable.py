@@ -35,6 +35,7 @@ from tests.e2e.conftest import (
     MARKER,
     REPO,
     HttpProcess,
+    command_of,
     free_port,
     poll,
     processes_with_marker,
@@ -175,11 +176,6 @@ def scratch(tmp_path: Path, dist: Path, go_runtimes: Path) -> Iterator[Any]:
 def children(pid: int) -> list[int]:
     with open(f"/proc/{pid}/task/{pid}/children") as found:
         return [int(child) for child in found.read().split()]
-
-
-def command_of(pid: int) -> bytes:
-    with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-        return cmdline.read().split(b"\0")[0]
 
 
 def pid_in_namespace(host_pid: int) -> int:

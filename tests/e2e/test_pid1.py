@@ -14,8 +14,10 @@ from tests.e2e.conftest import (
     DAEMON,
     FUNCTIONS,
     MARKER,
+    command_of,
     free_port,
     poll,
+    process_table,
     processes_with_marker,
     wait_for_port,
     wait_until_gone,
@@ -23,26 +25,7 @@ from tests.e2e.conftest import (
 
 
 def zombies_of(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] == b"Z" and int(fields[1]) == pid:
-            found.append(int(entry))
-    return found
-
-
-def command_of(pid: int) -> bytes:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            return cmdline.read().split(b"\0")[0]
-    except OSError:
-        return b""
+    return [child for child, parent, state in process_table() if parent == pid and state == b"Z"]
 
 
 def child_of(pid: int) -> int:

@@ -364,7 +364,7 @@ def test_instance_environ_sets_the_lambda_variables() -> None:
             "USER_VAR": "x",
         },
     )
-    env = instance_environ(config, "127.0.0.1:9001", "2024/01/01/[$LATEST]abc")
+    env = instance_environ(config, 0, "127.0.0.1:9001", "2024/01/01/[$LATEST]abc")
     assert env["AWS_LAMBDA_RUNTIME_API"] == "127.0.0.1:9001"
     assert env["AWS_LAMBDA_FUNCTION_NAME"] == "fn"
     assert env["AWS_LAMBDA_FUNCTION_VERSION"] == "3"
@@ -388,7 +388,7 @@ def test_instance_environ_keeps_user_task_root_and_tz() -> None:
     config = daemon_config(
         COMMAND, {"LAMBDA_TASK_ROOT": "/srv/app", "TZ": "Europe/Paris", "AWS_DEFAULT_REGION": "x"}
     )
-    env = instance_environ(config, "127.0.0.1:1", "s")
+    env = instance_environ(config, 0, "127.0.0.1:1", "s")
     assert env["LAMBDA_TASK_ROOT"] == "/srv/app"
     assert env["TZ"] == "Europe/Paris"
     assert env["AWS_DEFAULT_REGION"] == "x"
@@ -396,10 +396,10 @@ def test_instance_environ_keeps_user_task_root_and_tz() -> None:
 
 def test_instance_environ_without_handler() -> None:
     config = daemon_config([PYTHON], {})
-    env = instance_environ(config, "127.0.0.1:1", "s")
+    env = instance_environ(config, 0, "127.0.0.1:1", "s")
     assert "_HANDLER" not in env
     config = daemon_config([PYTHON], {"_HANDLER": "mod.fn"})
-    assert instance_environ(config, "127.0.0.1:1", "s")["_HANDLER"] == "mod.fn"
+    assert instance_environ(config, 0, "127.0.0.1:1", "s")["_HANDLER"] == "mod.fn"
 
 
 def test_config_is_frozen() -> None:

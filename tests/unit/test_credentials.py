@@ -77,13 +77,13 @@ def test_mask_covers_every_form_and_keeps_lengths() -> None:
     assert b"amqp://u:" in masked and b"@h/" in masked
 
 
-def test_protect_masks_cmdline_and_environ_of_the_process() -> None:
+def test_conceal_password_masks_cmdline_and_environ_of_the_process() -> None:
     script = textwrap.dedent(
         """
         import sys
         from lambda_rapid.config import daemon_config
-        from lambda_rapid.credentials import protect
-        protect(daemon_config(sys.argv[1:]).amqp, runtimes=True)
+        from lambda_rapid.credentials import conceal_password
+        conceal_password(daemon_config(sys.argv[1:]).amqp)
         for name in ("cmdline", "environ"):
             data = open(f"/proc/self/{name}", "rb").read()
             print(name, b"hunter2" in data, b"AMQP_PASSWORD=*******" in data)
