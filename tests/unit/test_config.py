@@ -256,6 +256,7 @@ INVALID = [
     ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "--memory-size", "64"),
     ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "--memory-size", "10241"),
     ("PRINT_REPORTS", "--print-reports", "maybe"),
+    ("PROACTIVE_INIT", "--proactive-init", "maybe"),
     ("USE_STRUCTURED_LOGGING", "--structured-logging", "perhaps"),
     ("LOG_LEVEL", "--log-level", "LOUD"),
     ("AWS_REGION", "--region", "us east 1"),
