@@ -9,7 +9,8 @@
  * Directory variant: the launcher sits in the bundle's directory and execs the loader
  * (one process, nothing unpacked). Single file: the launcher is followed by the bundle's
  * files (zstd-compressed) and then by the archive, which stays in the file (the unpacked
- * `lambda-rapid.pkg` is a symlink to it). The launcher unpacks into $TMPDIR, runs the
+ * `lambda-rapid.pkg` is a symlink to it). The launcher unpacks into $TMPDIR (in two
+ * processes when there is more than one CPU; a failed unpack removes what it wrote), runs the
  * program as its child, forwards signals, reaps every child it is given (it is PID 1 in
  * a container), and removes the directory when the program exits, with its status.
  *
@@ -41,9 +42,26 @@ static const unsigned char PKG_MAGIC[8] = {'M', 'E', 'I', 014, 013, 012, 013, 01
 static const char *prog = "lambda-runtime-api-daemon";
 static char unpacked[PATH_MAX];
 static volatile pid_t child;
+/* While unpacking: the second unpacking process, and whether this process removes the
+ * half-unpacked directory when it gives up. */
+static pid_t helper;
+static int owns_unpacked;
+static int is_helper; /* the second unpacking process: its failure is told by its status */
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st, (void)flag, (void)ftw;
+    remove(path);
+    return 0;
+}
 
 static void die(const char *what, const char *path) {
+    if (is_helper) _exit(errno > 0 && errno < 256 ? errno : EIO);
     fprintf(stderr, "%s: error: %s %s: %s\n", prog, what, path, strerror(errno));
+    if (helper > 0) {
+        kill(helper, SIGKILL);
+        waitpid(helper, NULL, 0);
+    }
+    if (owns_unpacked) nftw(unpacked, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
     exit(2);
 }
 
@@ -89,19 +107,19 @@ static off_t payload_offset(int fd) {
 static void write_all(int out, const unsigned char *buf, size_t len, const char *path) {
     while (len > 0) {
         ssize_t n = write(out, buf, len);
-        if (n < 0) die("cannot unpack", path);
+        if (n < 0) die("cannot unpack into TMPDIR (or /tmp)", path);
         buf += n;
         len -= (size_t)n;
     }
 }
 
 /* Decompress the `csize` bytes of zstd frame of `in` at `at` into the file `path`. */
-static void unpack_file(int in, off_t at, uint64_t csize, const char *path, mode_t mode) {
+static void unpack_file(ZSTD_DStream *z, int in, off_t at, uint64_t csize, const char *path,
+                        mode_t mode) {
     static unsigned char src[1 << 17], dst[1 << 18];
     int out = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
     if (out < 0) die("cannot unpack into TMPDIR (or /tmp)", path);
-    ZSTD_DStream *z = ZSTD_createDStream();
-    if (!z) die("out of memory unpacking", path);
+    ZSTD_DCtx_reset(z, ZSTD_reset_session_only);
     while (csize > 0) {
         size_t chunk = csize < sizeof src ? (size_t)csize : sizeof src;
         if (read_at(in, src, chunk, at) < 0) die("cannot read", "the executable");
@@ -117,18 +135,43 @@ static void unpack_file(int in, off_t at, uint64_t csize, const char *path, mode
             write_all(out, dst, output.pos, path);
         }
     }
+    if (close(out) < 0) die("cannot unpack into TMPDIR (or /tmp)", path);
+}
+
+/* A file of the bundle still to unpack: where its zstd frame is, and where it goes. */
+struct entry {
+    off_t at;
+    uint64_t size;
+    mode_t mode;
+    char *path;
+};
+
+/* Unpack the files of `files` whose worker is `worker` (of `workers`): each goes to the
+ * worker with the fewest compressed bytes so far, in the order they come. */
+static void unpack_files(int fd, struct entry *files, size_t count, int worker, int workers) {
+    uint64_t load[2] = {0, 0};
+    ZSTD_DStream *z = ZSTD_createDStream();
+    if (!z) die("out of memory unpacking", "");
+    for (size_t i = 0; i < count; i++) {
+        int to = workers > 1 && load[1] < load[0] ? 1 : 0;
+        load[to] += files[i].size;
+        if (to == worker) unpack_file(z, fd, files[i].at, files[i].size, files[i].path, files[i].mode);
+    }
     ZSTD_freeDStream(z);
-    if (close(out) < 0) die("cannot unpack", path);
 }
 
 /* Entries: type (f file, d directory, l symlink), mode (4), name length (2), data length
- * (8), name, data (zstd frame for a file, target for a symlink); all big endian. */
+ * (8), name, data (zstd frame for a file, target for a symlink); all big endian.
+ * Directories and symlinks are made in order; the files are then unpacked by two
+ * processes at once when there is more than one CPU (decompressing is most of a start). */
 static void unpack(int fd, off_t at, const char *dir) {
     char path[PATH_MAX], name[PATH_MAX];
     unsigned char head[15];
+    struct entry *files = NULL;
+    size_t count = 0, capacity = 0;
     for (;;) {
         if (read_at(fd, head, sizeof head, at) < 0) die("cannot read", "the executable");
-        if (head[0] == 'e') return;
+        if (head[0] == 'e') break;
         mode_t mode = (mode_t)(head[1] << 24 | head[2] << 16 | head[3] << 8 | head[4]);
         size_t name_len = (size_t)(head[5] << 8 | head[6]);
         uint64_t size = be64(head + 7);
@@ -146,16 +189,40 @@ static void unpack(int fd, off_t at, const char *dir) {
             target[size] = 0;
             if (symlink(target, path) < 0) die("cannot unpack into TMPDIR (or /tmp)", path);
         } else {
-            unpack_file(fd, at, size, path, mode);
+            if (count == capacity) {
+                capacity = capacity ? 2 * capacity : 64;
+                files = realloc(files, capacity * sizeof *files);
+                if (!files) die("out of memory unpacking", path);
+            }
+            files[count++] = (struct entry){at, size, mode, strdup(path)};
+            if (!files[count - 1].path) die("out of memory unpacking", path);
         }
         at += (off_t)size;
     }
-}
-
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st, (void)flag, (void)ftw;
-    remove(path);
-    return 0;
+    int workers = sysconf(_SC_NPROCESSORS_ONLN) > 1 ? 2 : 1;
+    pid_t forked = workers > 1 ? fork() : 0;
+    if (forked < 0) workers = 1; /* no second process: unpack everything here */
+    if (forked == 0 && workers > 1) {
+        owns_unpacked = 0; /* the first process cleans up after a failure */
+        is_helper = 1;
+        unpack_files(fd, files, count, 1, workers);
+        _exit(0);
+    }
+    helper = forked > 0 ? forked : 0;
+    unpack_files(fd, files, count, 0, workers);
+    if (helper > 0) {
+        int status;
+        pid_t done;
+        while ((done = waitpid(helper, &status, 0)) < 0 && errno == EINTR) {
+        }
+        helper = 0;
+        if (done < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            errno = done >= 0 && WIFEXITED(status) ? WEXITSTATUS(status) : EINTR;
+            die("cannot unpack into TMPDIR (or /tmp)", dir);
+        }
+    }
+    for (size_t i = 0; i < count; i++) free(files[i].path);
+    free(files);
 }
 
 static void forward(int sig) {
@@ -226,6 +293,7 @@ int main(int argc, char **argv, char **envp) {
     if (!tmp || !*tmp) tmp = "/tmp";
     join(unpacked, sizeof unpacked, tmp, "lambda-rapid-XXXXXX");
     if (!mkdtemp(unpacked)) die("cannot unpack into TMPDIR (or /tmp)", tmp);
+    owns_unpacked = 1;
     chmod(unpacked, 0755);
     unpack(fd, at, unpacked);
     close(fd);

@@ -270,6 +270,30 @@ def test_a_missing_temp_directory_is_one_line_naming_tmpdir(scratch: Any) -> Non
     assert len(lines) == 1 and "TMPDIR" in lines[0], lines
 
 
+def test_a_temp_directory_too_small_is_one_line_and_leaves_nothing(
+    dist: Path, tmp_path: Path
+) -> None:
+    # A 1 MB tmpfs, in a mount namespace of its own: the bundle (22 MB) cannot fit. The
+    # unpacking runs in two processes; whichever fails first, the start gives up with one
+    # line, removes what was written and leaves no process behind.
+    small, token = tmp_path / "small", uuid.uuid4().hex
+    small.mkdir()
+    script = 'mount -t tmpfs -o size=1m small "$1" && TMPDIR="$1" "$2" --help; echo "status $?"'
+    script += '; ls -A "$1"'
+    done = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", script, "sh", str(small)]
+        + [str(dist / "lambda-runtime-api-daemon")],
+        env={**os.environ, MARKER: token},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stdout.splitlines() == ["status 2"], done.stdout  # and nothing left in it
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot unpack into TMPDIR" in lines[0], lines
+    assert not processes_with_marker(token)
+
+
 PASSWORD = "guest"  # RabbitMQ's test account is guest/guest: the user name is masked too
 
 
