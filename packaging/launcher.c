@@ -146,8 +146,13 @@ struct entry {
     char *path;
 };
 
-/* Unpack the files of `files` whose worker is `worker` (of `workers`): each goes to the
- * worker with the fewest compressed bytes so far, in the order they come. */
+static int larger_first(const void *a, const void *b) {
+    uint64_t x = ((const struct entry *)a)->size, y = ((const struct entry *)b)->size;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* Unpack the files of `files` (largest first) whose worker is `worker` (of `workers`):
+ * each goes to the worker with the fewest compressed bytes so far. */
 static void unpack_files(int fd, struct entry *files, size_t count, int worker, int workers) {
     uint64_t load[2] = {0, 0};
     ZSTD_DStream *z = ZSTD_createDStream();
@@ -199,6 +204,7 @@ static void unpack(int fd, off_t at, const char *dir) {
         }
         at += (off_t)size;
     }
+    qsort(files, count, sizeof *files, larger_first);
     int workers = sysconf(_SC_NPROCESSORS_ONLN) > 1 ? 2 : 1;
     pid_t forked = workers > 1 ? fork() : 0;
     if (forked < 0) workers = 1; /* no second process: unpack everything here */
