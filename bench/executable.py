@@ -6,7 +6,10 @@ runtime (its first instance starts with the daemon: PROACTIVE_INIT), measures fr
 to the first answered invocation, the file (or directory) size, the bytes unpacked into
 the temp directory per start, and the
 resident memory of the daemon's processes (the launcher and the daemon, not the runtime)
-once it has answered.
+once it has answered. Each round also starts every variant with the raw Python runtime
+(`bench/raw_runtime.py`) and takes that runtime's own start-up, measured alone just
+before, from its first answer: the daemon's share of a cold start, as `python -m bench`
+reports it for the installed package.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from cached_build import CACHE, executables  # noqa: E402
 
+from bench.__main__ import RAW, runtime_startup  # noqa: E402
 from tests.e2e.go_toolchain import build_go_echo  # noqa: E402
 
 INSTALLED = str(Path(sys.executable).parent / "lambda-runtime-api-daemon")
@@ -68,13 +72,36 @@ def du(path: Path) -> int:
 
 
 def one_start(daemon: str, runtime: Path, temp: Path) -> dict[str, float]:
+    first, proc = first_answer(daemon, [str(runtime)], temp)
+    daemon_pids = [pid for pid in tree(proc.pid) if _cmdline(pid)[:1] != [str(runtime)]]
+    rss = sum(rss_kb(pid) for pid in daemon_pids) / 1024
+    unpacked = du(temp) / 1e6
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(20)
+    left = du(temp) / 1e6
+    return {"first_ms": first, "rss_mb": rss, "unpacked_mb": unpacked, "left_mb": left}
+
+
+def raw_share(daemon: str, temp: Path) -> float:
+    """The daemon's share of a cold start with the raw Python runtime, in ms."""
+    alone = runtime_startup(RAW) * 1000
+    first, proc = first_answer(daemon, RAW, temp)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(20)
+    return first - alone
+
+
+def first_answer(
+    daemon: str, runtime: list[str], temp: Path
+) -> tuple[float, subprocess.Popen[bytes]]:
+    """Start `daemon` with `runtime`; ms from exec to its first answer, and the process."""
     port = free_port()
     env = dict(os.environ, PORT=str(port), INVOKE_API_HOST="127.0.0.1", RUNTIME_API_PORT="0")
     env["TMPDIR"] = str(temp)
     url = f"http://127.0.0.1:{port}/2015-03-31/functions/function/invocations"
     started = time.perf_counter()
     proc = subprocess.Popen(
-        [daemon, str(runtime)],
+        [daemon, *runtime],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -91,14 +118,7 @@ def one_start(daemon: str, runtime: Path, temp: Path) -> dict[str, float]:
             if not isinstance(error.reason, ConnectionError):
                 raise
             time.sleep(0.001)
-    first = (time.perf_counter() - started) * 1000
-    daemon_pids = [pid for pid in tree(proc.pid) if _cmdline(pid)[:1] != [str(runtime)]]
-    rss = sum(rss_kb(pid) for pid in daemon_pids) / 1024
-    unpacked = du(temp) / 1e6
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(20)
-    left = du(temp) / 1e6
-    return {"first_ms": first, "rss_mb": rss, "unpacked_mb": unpacked, "left_mb": left}
+    return (time.perf_counter() - started) * 1000, proc
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -114,6 +134,8 @@ def measure(name: str, daemon: str, runtime: Path, rounds: int) -> dict[str, obj
     for _ in range(rounds):
         with tempfile.TemporaryDirectory() as temp:
             runs.append(one_start(daemon, runtime, Path(temp)))
+        with tempfile.TemporaryDirectory() as temp:
+            runs[-1]["share_ms"] = raw_share(daemon, Path(temp))
     size = 0.0
     if daemon != INSTALLED:
         directory = Path(daemon).parent
@@ -128,16 +150,16 @@ def measure(name: str, daemon: str, runtime: Path, rounds: int) -> dict[str, obj
 
 def markdown(rows: list[dict[str, object]]) -> str:
     lines = [
-        "| variant | first invocation ms | RSS MB | file MB | unpacked per start MB | "
-        "left after SIGTERM MB |",
-        "|---|---|---|---|---|---|",
+        "| variant | first invocation ms | share of a cold start, raw runtime, ms | RSS MB | "
+        "file MB | unpacked per start MB | left after SIGTERM MB |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         cells = [str(row["variant"])]
-        for key in ("first_ms", "rss_mb"):
+        for key in ("first_ms", "share_ms", "rss_mb"):
             median, low, high = row[key]  # type: ignore[misc]
             cells.append(
-                f"{median:.0f} ({low:.0f}..{high:.0f})" if key == "first_ms" else f"{median:.1f}"
+                f"{median:.1f}" if key == "rss_mb" else f"{median:.0f} ({low:.0f}..{high:.0f})"
             )
         cells.append(f"{row['file_mb']:.1f}")
         cells.append(f"{row['unpacked_mb'][0]:.1f}")  # type: ignore[index]
