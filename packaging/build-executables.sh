@@ -3,8 +3,9 @@
 # file for this machine's architecture that needs nothing from the image it runs in, and
 # dist/lambda-rapid/, the same program as a directory that unpacks nothing at start.
 #
-# PyInstaller freezes the package as a one-folder bundle with Debian's /usr/bin/python3;
-# bundle.py adds the C library and its loader; launcher.c, linked with gcc -static, runs
+# PyInstaller freezes the package as one-folder bundles with Debian's /usr/bin/python3
+# (two: the Python modules in the archive for the single file, as .pyc files for the
+# directory); bundle.py adds the C library and its loader; launcher.c, linked with gcc -static, runs
 # the bundle through that loader, from its directory or unpacked from the single file.
 # Both files hold the same bytes, as do the directory's two launchers: the name one is
 # started under picks the program (lambda-server, or the daemon under any other name).
@@ -52,13 +53,19 @@ say "installing the build tools and the dependencies into $VENV"
 printf '%s\n' "$DEPENDENCIES" 'pyinstaller>=6.10' >"$WORK/requirements.txt"
 "$VENV/bin/pip" install -q --disable-pip-version-check -r "$WORK/requirements.txt"
 
-say "freezing"
-rm -rf "$WORK/onedir"
-"$VENV/bin/pyinstaller" --noconfirm --log-level WARN --distpath "$WORK/onedir" \
-    --workpath "$WORK/pyinstaller" "$REPO/packaging/lambda-rapid.spec"
+# Two bundles: the single file's keeps the Python modules in its archive, read in place
+# (unpacking them as files would take longer than it saves); the directory's has them as
+# .pyc files, which load faster.
+freeze() {
+    say "freezing ($1: modules in $2)"
+    rm -rf "$WORK/$1"
+    LAMBDA_RAPID_MODULES=$2 "$VENV/bin/pyinstaller" --noconfirm --log-level WARN \
+        --distpath "$WORK/$1" --workpath "$WORK/pyinstaller-$1" "$REPO/packaging/lambda-rapid.spec"
+    "$VENV/bin/python" "$REPO/packaging/bundle.py" complete "$WORK/$1/lambda-rapid"
+}
+freeze onedir archive
+freeze onedir-files files
 BUNDLE=$WORK/onedir/lambda-rapid
-say "adding the C library and its loader"
-"$VENV/bin/python" "$REPO/packaging/bundle.py" complete "$BUNDLE"
 say "linking the launcher statically"
 gcc -static -O2 -Wall -Wextra -Werror -o "$WORK/launcher" "$REPO/packaging/launcher.c" -lzstd
 strip "$WORK/launcher"
@@ -70,7 +77,7 @@ fi
 
 mkdir -p "$DIST"
 rm -rf "$DIST/.lambda-rapid.new"
-cp -a "$BUNDLE" "$DIST/.lambda-rapid.new"
+cp -a "$WORK/onedir-files/lambda-rapid" "$DIST/.lambda-rapid.new"
 for name in lambda-runtime-api-daemon lambda-server; do
     cp "$WORK/launcher" "$DIST/.lambda-rapid.new/$name"
     cp "$WORK/single" "$DIST/.$name.new"
