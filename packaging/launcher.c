@@ -10,9 +10,10 @@
  * (one process, nothing unpacked). Single file: the launcher is followed by the bundle's
  * files (zstd-compressed) and then by the archive, which stays in the file (the unpacked
  * `lambda-rapid.pkg` is a symlink to it). The launcher unpacks into $TMPDIR (in two
- * processes when there is more than one CPU; a failed unpack removes what it wrote), runs the
- * program as its child, forwards signals, reaps every child it is given (it is PID 1 in
- * a container), and removes the directory when the program exits, with its status.
+ * processes when there is more than one CPU; a failed or interrupted unpack removes what
+ * it wrote), runs the program as its child, forwards signals, reaps every child it is
+ * given (it is PID 1 in a container), and removes the directory when the program exits,
+ * with its status.
  *
  * The name the launcher is started under picks the program: `lambda-server`, or the daemon.
  */
@@ -26,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -47,6 +49,10 @@ static volatile pid_t child;
 static pid_t helper;
 static int owns_unpacked;
 static int is_helper; /* the second unpacking process: its failure is told by its status */
+/* A stop signal that came before the program was started: the start is given up. */
+static volatile sig_atomic_t stopping;
+static const int SIGNALS[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+#define SIGNAL_COUNT (sizeof SIGNALS / sizeof *SIGNALS)
 
 static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
     (void)st, (void)flag, (void)ftw;
@@ -63,6 +69,19 @@ static void die(const char *what, const char *path) {
     }
     if (owns_unpacked) nftw(unpacked, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
     exit(2);
+}
+
+/* Give up the start if a stop signal came: nothing unpacked stays, no helper outlives us. */
+static void check_stop(void) {
+    if (!stopping) return;
+    if (is_helper) _exit(EINTR);
+    if (helper > 0) {
+        kill(helper, SIGKILL);
+        waitpid(helper, NULL, 0);
+        helper = 0;
+    }
+    if (owns_unpacked) nftw(unpacked, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    exit(128 + stopping);
 }
 
 /* buf = a + "/" + b, or a clear error when that is longer than a path may be. */
@@ -121,6 +140,7 @@ static void unpack_file(ZSTD_DStream *z, int in, off_t at, uint64_t csize, const
     if (out < 0) die("cannot unpack into TMPDIR (or /tmp)", path);
     ZSTD_DCtx_reset(z, ZSTD_reset_session_only);
     while (csize > 0) {
+        check_stop();
         size_t chunk = csize < sizeof src ? (size_t)csize : sizeof src;
         if (read_at(in, src, chunk, at) < 0) die("cannot read", "the executable");
         at += (off_t)chunk;
@@ -158,6 +178,7 @@ static void unpack_files(int fd, struct entry *files, size_t count, int worker, 
     ZSTD_DStream *z = ZSTD_createDStream();
     if (!z) die("out of memory unpacking", "");
     for (size_t i = 0; i < count; i++) {
+        check_stop();
         int to = workers > 1 && load[1] < load[0] ? 1 : 0;
         load[to] += files[i].size;
         if (to == worker) unpack_file(z, fd, files[i].at, files[i].size, files[i].path, files[i].mode);
@@ -206,11 +227,14 @@ static void unpack(int fd, off_t at, const char *dir) {
     }
     qsort(files, count, sizeof *files, larger_first);
     int workers = sysconf(_SC_NPROCESSORS_ONLN) > 1 ? 2 : 1;
+    pid_t parent = getpid();
     pid_t forked = workers > 1 ? fork() : 0;
     if (forked < 0) workers = 1; /* no second process: unpack everything here */
     if (forked == 0 && workers > 1) {
         owns_unpacked = 0; /* the first process cleans up after a failure */
         is_helper = 1;
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* it never outlives the launcher */
+        if (getppid() != parent) _exit(EINTR);
         unpack_files(fd, files, count, 1, workers);
         _exit(0);
     }
@@ -222,6 +246,7 @@ static void unpack(int fd, off_t at, const char *dir) {
         while ((done = waitpid(helper, &status, 0)) < 0 && errno == EINTR) {
         }
         helper = 0;
+        check_stop();
         if (done < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
             errno = done >= 0 && WIFEXITED(status) ? WEXITSTATUS(status) : EINTR;
             die("cannot unpack into TMPDIR (or /tmp)", dir);
@@ -232,7 +257,11 @@ static void unpack(int fd, off_t at, const char *dir) {
 }
 
 static void forward(int sig) {
-    if (child > 0) kill(child, sig);
+    if (child > 0) {
+        kill(child, sig);
+    } else {
+        stopping = sig;
+    }
 }
 
 /* Overwrite this process's copies of the arguments and environment: the program has its
@@ -295,6 +324,20 @@ int main(int argc, char **argv, char **envp) {
         run(self, argv);
     }
 
+    /* From here a stop signal is forwarded to the program, or, before it runs, gives up
+     * the start cleanly (checked between the chunks unpacked). */
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = forward;
+    action.sa_flags = SA_RESTART;
+    sigemptyset(&action.sa_mask);
+    sigset_t blocked, previous;
+    sigemptyset(&blocked);
+    for (size_t i = 0; i < SIGNAL_COUNT; i++) {
+        sigaction(SIGNALS[i], &action, NULL);
+        sigaddset(&blocked, SIGNALS[i]);
+    }
+
     const char *tmp = getenv("TMPDIR");
     if (!tmp || !*tmp) tmp = "/tmp";
     join(unpacked, sizeof unpacked, tmp, "lambda-rapid-XXXXXX");
@@ -309,18 +352,18 @@ int main(int argc, char **argv, char **envp) {
     /* For KUBERNETES_INIT_CONTAINER: the file to copy is this one. */
     setenv("LAMBDA_RAPID_EXECUTABLE", self, 1);
 
-    struct sigaction action;
-    memset(&action, 0, sizeof action);
-    action.sa_handler = forward;
-    sigemptyset(&action.sa_mask);
-    int signals[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
-    for (size_t i = 0; i < sizeof signals / sizeof *signals; i++) sigaction(signals[i], &action, NULL);
+    /* A signal between the last check and `child` being set would be lost: none comes
+     * in between (blocked, it waits and is forwarded once the program runs). */
+    sigprocmask(SIG_BLOCK, &blocked, &previous);
+    check_stop();
     child = fork();
     if (child < 0) die("cannot fork", "");
     if (child == 0) {
-        for (size_t i = 0; i < sizeof signals / sizeof *signals; i++) signal(signals[i], SIG_DFL);
+        for (size_t i = 0; i < SIGNAL_COUNT; i++) signal(SIGNALS[i], SIG_DFL);
+        sigprocmask(SIG_SETMASK, &previous, NULL);
         run(unpacked, argv);
     }
+    sigprocmask(SIG_SETMASK, &previous, NULL);
     forget(argc, argv, envp);
     return wait_for_program();
 }

@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -291,6 +292,36 @@ def test_a_temp_directory_too_small_is_one_line_and_leaves_nothing(
     assert done.stdout.splitlines() == ["status 2"], done.stdout  # and nothing left in it
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot unpack into TMPDIR" in lines[0], lines
+    assert not processes_with_marker(token)
+
+
+@pytest.mark.parametrize("delay_ms", [1, 3, 6, 10, 15, 20, 30, 45, 70, 120])
+def test_a_stop_signal_at_any_moment_of_the_start_leaves_nothing(
+    dist: Path, tmp_path: Path, delay_ms: int
+) -> None:
+    # SIGTERM while the single file unpacks (in two processes), just after, or once the
+    # daemon runs: the start is given up or the daemon stops; either way nothing stays in
+    # TMPDIR and no process (helper, daemon or runtime) is left.
+    token = uuid.uuid4().hex
+    env = {**os.environ, MARKER: token, "TMPDIR": str(tmp_path), "PORT": str(free_port())}
+    env.update(INVOKE_API_HOST="127.0.0.1", RUNTIME_API_PORT="0")
+    proc = subprocess.Popen(
+        [str(dist / "lambda-runtime-api-daemon"), "sleep", "30"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    time.sleep(delay_ms / 1000)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    status, stderr = proc.returncode, err.decode()
+    # 143: the launcher gave the start up; -15: it had not yet set its handlers.
+    assert status in (0, 128 + signal.SIGTERM, -signal.SIGTERM), (status, stderr)
+    assert not list(tmp_path.iterdir())
+    deadline = time.monotonic() + 3
+    while processes_with_marker(token) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not processes_with_marker(token)
 
 
