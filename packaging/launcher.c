@@ -181,7 +181,9 @@ static void unpack_files(int fd, struct entry *files, size_t count, int worker, 
         check_stop();
         int to = workers > 1 && load[1] < load[0] ? 1 : 0;
         load[to] += files[i].size;
-        if (to == worker) unpack_file(z, fd, files[i].at, files[i].size, files[i].path, files[i].mode);
+        if (to == worker) {
+            unpack_file(z, fd, files[i].at, files[i].size, files[i].path, files[i].mode);
+        }
     }
     ZSTD_freeDStream(z);
 }
