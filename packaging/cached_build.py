@@ -3,7 +3,9 @@
 `executables()` returns a directory holding `lambda-runtime-api-daemon` and
 `lambda-server` (the single files) and `lambda-rapid/` (the directory variant), built by
 build-executables.sh into
-~/.cache/lambda-rapid/executables/<hash of the sources>/ unless already there.
+~/.cache/lambda-rapid/executables/<hash of the sources>/ unless already there. The few
+most recently used source states are kept: another checkout's tests (a clone, a worktree)
+may be running on one while this one builds its own.
 """
 
 from __future__ import annotations
@@ -34,22 +36,25 @@ def source_hash() -> str:
 def executables() -> Path:
     """The directory of the executables for the current sources, building them if needed."""
     target = CACHE / "executables" / source_hash()
-    if all((target / name).is_file() for name in NAMES):
-        return target
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / "build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time; the others reuse it
-        if not all((target / name).is_file() for name in NAMES):
-            _build(target)
-            _prune(keep=target)
+    if not all((target / name).is_file() for name in NAMES):
+        CACHE.mkdir(parents=True, exist_ok=True)
+        with open(CACHE / "build.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time; the others reuse it
+            if not all((target / name).is_file() for name in NAMES):
+                _build(target)
+                prune(target.parent, KEEP)
+    os.utime(target)  # used now: the last to be pruned
     return target
 
 
-def _prune(keep: Path) -> None:
-    """Executables of older source states are never used again."""
-    for old in keep.parent.iterdir():
-        if old != keep:
-            shutil.rmtree(old, ignore_errors=True)
+KEEP = 3  # source states whose executables stay in the cache
+
+
+def prune(directory: Path, keep: int) -> None:
+    """Remove all but the `keep` most recently used builds in `directory`."""
+    builds = sorted(directory.iterdir(), key=lambda build: build.stat().st_mtime, reverse=True)
+    for old in builds[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _build(target: Path) -> None:
