@@ -60,27 +60,32 @@ static int remove_entry(const char *path, const struct stat *st, int flag, struc
     return 0;
 }
 
-static void die(const char *what, const char *path) {
-    if (is_helper) _exit(errno > 0 && errno < 256 ? errno : EIO);
-    fprintf(stderr, "%s: error: %s %s: %s\n", prog, what, path, strerror(errno));
-    if (helper > 0) {
-        kill(helper, SIGKILL);
-        waitpid(helper, NULL, 0);
-    }
-    if (owns_unpacked) nftw(unpacked, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
-    exit(2);
+static void remove_unpacked(void) {
+    nftw(unpacked, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-/* Give up the start if a stop signal came: nothing unpacked stays, no helper outlives us. */
-static void check_stop(void) {
-    if (!stopping) return;
-    if (is_helper) _exit(EINTR);
+/* Before giving up a start: no second unpacking process outlives us, nothing unpacked stays. */
+static void undo_start(void) {
     if (helper > 0) {
         kill(helper, SIGKILL);
         waitpid(helper, NULL, 0);
         helper = 0;
     }
-    if (owns_unpacked) nftw(unpacked, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    if (owns_unpacked) remove_unpacked();
+}
+
+static void die(const char *what, const char *path) {
+    if (is_helper) _exit(errno > 0 && errno < 256 ? errno : EIO);
+    fprintf(stderr, "%s: error: %s %s: %s\n", prog, what, path, strerror(errno));
+    undo_start();
+    exit(2);
+}
+
+/* Give up the start if a stop signal came. */
+static void check_stop(void) {
+    if (!stopping) return;
+    if (is_helper) _exit(EINTR);
+    undo_start();
     exit(128 + stopping);
 }
 
@@ -280,7 +285,7 @@ static int wait_for_program(void) {
         if (pid == child) break;
         if (pid < 0 && errno != EINTR) return 1;
     }
-    nftw(unpacked, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    remove_unpacked();
     if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
     return WEXITSTATUS(status);
 }
