@@ -5,10 +5,10 @@ single file and the directory variant, then, with the static Go echo function as
 runtime (its first instance starts with the daemon: PROACTIVE_INIT), measures from exec
 to the first answered invocation, the file (or directory) size, the bytes unpacked into
 the temp directory per start, and the resident memory of the daemon's processes (the
-launcher and the daemon, not the runtime) once it has answered. Each round also starts every variant with the raw Python runtime
-(`bench/raw_runtime.py`) and takes that runtime's own start-up, measured alone just
-before, from its first answer: the daemon's share of a cold start, as `python -m bench`
-reports it for the installed package.
+launcher and the daemon, not the runtime) once it has answered. Each round also starts
+every variant with the raw Python runtime (`bench/raw_runtime.py`) and takes that
+runtime's own start-up, measured alone just before, from its first answer: the daemon's
+share of a cold start, as `python -m bench` reports it for the installed package.
 """
 
 from __future__ import annotations
